@@ -13,6 +13,17 @@ by default, so a uniform susceptibility produces no field and every field has ze
 (padded) grid. With phase ``= +2*pi*gamma_bar*B0*field*TE``, a paramagnetic (chi > 0) sphere
 gives a positive field at its poles along B0 (``D = -2/3`` along b in k-space translates to
 ``+2/3 * chi * (a/r)^3`` on the b axis in image space) and a negative one on its equator.
+
+Nyquist samples. On an axis of even length the sample at index ``n // 2`` stands for both
+``+k_N`` and ``-k_N``; with B0 oblique to that axis ``D(+k_N, ...) != D(-k_N, ...)``, so a plain
+evaluation gives a kernel that is not Hermitian on the grid: the real FFT pair then silently
+symmetrises it in a way that depends on which axis is last, breaking the invariance to a joint
+permutation of axes, voxel sizes and B0 direction. chimap therefore averages ``(k.b)^2`` over
+the sign of every Nyquist component (which drops the cross terms):
+``D = 1/3 - ((sum_regular k_i b_i)^2 + sum_Nyquist (k_i b_i)^2) / |k|^2``. It equals the plain
+formula everywhere else and on the Nyquist samples when B0 is along a voxel axis, makes the
+``real_fft`` half spectrum exactly the first half of the full kernel, and makes every operator
+built on it real, self-adjoint and invariant to permuting or flipping voxel axes.
 """
 
 from __future__ import annotations
@@ -89,6 +100,9 @@ def dipole_kernel(shape, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), real_fft=F
                   dtype=np.float64, d0=0.0):
     """Unit dipole kernel in k-space, ``D(k) = 1/3 - (k.b)^2/|k|^2``.
 
+    On the Nyquist samples of even-length axes ``(k.b)^2`` is averaged over the sign of the
+    Nyquist components (module docstring), so the kernel is Hermitian on the grid.
+
     Parameters
     ----------
     shape : tuple of 3 int
@@ -111,11 +125,26 @@ def dipole_kernel(shape, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), real_fft=F
     """
     b = check_b0_direction(b0_direction)
     dtype = np.dtype(dtype).type
-    k0, k1, k2 = kspace_grid(shape, voxel_size, real_fft=real_fft, dtype=dtype)
-    kb = k0 * dtype(b[0]) + k1 * dtype(b[1]) + k2 * dtype(b[2])
+    shape = _check_shape(shape)
+    ks = kspace_grid(shape, voxel_size, real_fft=real_fft, dtype=dtype)
+    # Nyquist samples of even axes stand for both +k_N and -k_N: (k.b)^2 is averaged over the
+    # sign of each Nyquist component, which removes the cross terms (see module docstring).
+    kb = np.zeros((1, 1, 1), dtype=dtype)
+    kb_nyq_sq = np.zeros((1, 1, 1), dtype=dtype)
+    for ax, (k, n) in enumerate(zip(ks, shape)):
+        kb_ax = k * dtype(b[ax])
+        if n % 2 == 0 and n > 1:
+            nyq = np.zeros(k.shape, dtype=bool)
+            idx = [0, 0, 0]
+            idx[ax] = k.size - 1 if (real_fft and ax == 2) else n // 2
+            nyq[tuple(idx)] = True
+            kb_nyq_sq = kb_nyq_sq + np.where(nyq, kb_ax * kb_ax, dtype(0))
+            kb_ax = np.where(nyq, dtype(0), kb_ax)
+        kb = kb + kb_ax
+    k0, k1, k2 = ks
     k_sq = k0 * k0 + k1 * k1 + k2 * k2
     k_sq[0, 0, 0] = 1.0  # avoid 0/0; D(0) is set below
-    d = dtype(1.0 / 3.0) - kb * kb / k_sq
+    d = dtype(1.0 / 3.0) - (kb * kb + kb_nyq_sq) / k_sq
     d[0, 0, 0] = d0
     return d.astype(dtype, copy=False)
 
@@ -229,6 +258,10 @@ def divergence(g, voxel_size) -> np.ndarray:
     dtype = g.dtype if np.issubdtype(g.dtype, np.floating) else np.dtype(np.float64)
     out = np.zeros(g.shape[:3], dtype=dtype)
     for ax in range(3):
+        if g.shape[ax] < 2:
+            # gradient() is identically zero along a length-1 axis, so its adjoint ignores
+            # that component (otherwise <grad x, g> = -<x, div g> fails).
+            continue
         gi = g[..., ax]
         d = np.zeros(g.shape[:3], dtype=dtype)
         sl = [slice(None)] * 3
@@ -247,8 +280,7 @@ def divergence(g, voxel_size) -> np.ndarray:
         last[ax] = slice(-1, None)
         prev = list(sl)
         prev[ax] = slice(-2, -1)
-        if g.shape[ax] > 1:
-            d[tuple(last)] = -gi[tuple(prev)]
+        d[tuple(last)] = -gi[tuple(prev)]
         out += d / dtype.type(vs[ax])
     return out
 

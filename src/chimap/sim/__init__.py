@@ -1,0 +1,1 @@
+"""Simulation: analytic phantoms, a realistic head, MR signal models and ground truth."""
