@@ -1,5 +1,7 @@
 """Kernels: dipole, SMV, Laplacian, gradient/divergence on anisotropic, non-cubic grids."""
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.fft as sfft
@@ -21,13 +23,22 @@ MAGIC_DEG = 54.7356  # arccos(1/sqrt(3)) in degrees, to 4 decimals
 
 
 def _dipole_reference(shape, vs, b):
-    """Independent implementation of D(k) = 1/3 - (k.b)^2/|k|^2 on the fftfreq grid."""
+    """Independent implementation of D(k) = 1/3 - (k.b)^2/|k|^2 on the fftfreq grid, with
+    (k.b)^2 averaged over the +/- signs of the Nyquist components of even axes (brute force
+    over the 2^m sign combinations)."""
     b = np.asarray(b, float) / np.linalg.norm(b)
-    k = np.meshgrid(*[np.fft.fftfreq(n, d=d) for n, d in zip(shape, vs)], indexing="ij")
-    kb = sum(ki * bi for ki, bi in zip(k, b))
+    freqs = [np.fft.fftfreq(n, d=d) for n, d in zip(shape, vs)]
+    nyq = [np.arange(n) == n // 2 if n % 2 == 0 else np.zeros(n, bool) for n in shape]
+    k = np.meshgrid(*freqs, indexing="ij")
+    isn = np.meshgrid(*nyq, indexing="ij")
     k2 = sum(ki * ki for ki in k)
+    acc = np.zeros(shape)
+    signs = list(itertools.product((1.0, -1.0), repeat=3))
+    for sg in signs:
+        kk = [np.where(n_, s_ * ki, ki) for ki, n_, s_ in zip(k, isn, sg)]
+        acc += sum(ki * bi for ki, bi in zip(kk, b)) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
-        d = 1.0 / 3.0 - kb * kb / k2
+        d = 1.0 / 3.0 - acc / len(signs) / k2
     d[0, 0, 0] = 0.0
     return d
 
@@ -72,6 +83,7 @@ def test_dipole_d0_option():
 @pytest.mark.parametrize("shape, vs, b", [
     ((16, 20, 12), (0.5, 1.0, 2.0), (0, 0, 1)),
     ((15, 8, 10), (1.2, 0.7, 3.0), (0.2, -0.5, 1.0)),
+    ((16, 12, 10), (0.9, 1.0, 1.3), (0.5, 0.6, 0.7)),  # Nyquist samples on every axis
     ((9, 1, 6), (1.0, 1.0, 1.0), (1.0, 1.0, 0.0)),
 ])
 def test_dipole_equals_formula_on_physical_grid(shape, vs, b):
@@ -92,24 +104,44 @@ def test_dipole_anisotropic_voxel_sizes_not_swapped():
 
 @pytest.mark.parametrize("n2", [10, 11])
 def test_dipole_real_fft_half_spectrum(n2):
+    # rfftfreq puts +Nyquist in the last column, fftfreq -Nyquist; with the Nyquist average
+    # both give the same value, so the half spectrum is exactly the first half.
     shape, vs, b = (6, 8, n2), (1.0, 0.8, 1.5), (0.3, -0.4, 1.0)
     full = dipole_kernel(shape, vs, b0_direction=b)
     half = dipole_kernel(shape, vs, b0_direction=b, real_fft=True)
     m = n2 // 2 + 1
     assert half.shape == (6, 8, m)
-    if n2 % 2:
-        np.testing.assert_allclose(half, full[..., :m], atol=ATOL)
-    else:
-        # rfftfreq puts +Nyquist in the last column, fftfreq -Nyquist: the half kernel equals
-        # the full one except in that column, where it is D at k2 = +1/(2*vs2) (the c2r
-        # transform only uses its Hermitian part, so both give the same real field).
-        np.testing.assert_allclose(half[..., : m - 1], full[..., : m - 1], atol=ATOL)
-        bn = np.asarray(b) / np.linalg.norm(b)
-        k0 = np.fft.fftfreq(6, d=vs[0])[:, None]
-        k1 = np.fft.fftfreq(8, d=vs[1])[None, :]
-        k2 = 0.5 / vs[2]
-        nyq = 1 / 3 - (k0 * bn[0] + k1 * bn[1] + k2 * bn[2]) ** 2 / (k0**2 + k1**2 + k2**2)
-        np.testing.assert_allclose(half[..., -1], nyq, atol=ATOL)
+    np.testing.assert_allclose(half, full[..., :m], atol=ATOL)
+
+
+def test_dipole_nyquist_average_and_hermitian():
+    shape, vs, b = (8, 6, 10), (1.0, 0.8, 1.5), np.array([0.3, -0.4, 1.0])
+    bn = b / np.linalg.norm(b)
+    d = dipole_kernel(shape, vs, b0_direction=b)
+
+    def plain(k):
+        k = np.asarray(k, float)
+        return 1 / 3 - (k @ bn) ** 2 / (k @ k)
+
+    # single Nyquist component (axis I, index 4): mean of D at +k_N and -k_N
+    k1, k2 = np.fft.fftfreq(6, d=0.8)[1], np.fft.fftfreq(10, d=1.5)[2]
+    kn = 0.5 / vs[0]
+    assert d[4, 1, 2] == pytest.approx(0.5 * (plain((kn, k1, k2)) + plain((-kn, k1, k2))),
+                                       abs=ATOL)
+    # regular samples keep the plain formula
+    k0 = np.fft.fftfreq(8, d=1.0)[3]
+    assert d[3, 1, 2] == pytest.approx(plain((k0, k1, k2)), abs=ATOL)
+    # Hermitian on the grid: D[idx] = D[-idx mod n] (the real FFT pair needs it)
+    neg = d[np.ix_(*[(-np.arange(n)) % n for n in shape])]
+    np.testing.assert_allclose(d, neg, atol=ATOL)
+    # even under flipping any single axis together with the sign of that B0 component
+    for ax in range(3):
+        bf = b.copy()
+        bf[ax] *= -1
+        df = dipole_kernel(shape, vs, b0_direction=bf)
+        idx = [np.arange(n) for n in shape]
+        idx[ax] = (-np.arange(shape[ax])) % shape[ax]
+        np.testing.assert_allclose(df, d[np.ix_(*idx)], atol=ATOL)
 
 
 @pytest.mark.parametrize("perm", [(2, 0, 1), (1, 2, 0), (0, 2, 1)])

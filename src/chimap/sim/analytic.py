@@ -102,7 +102,7 @@ def _positions(shape, vs, c):
     return out
 
 
-def _partial_volume(inside_fn, dist, radius, vs, supersample, shape):
+def _partial_volume(inside_fn, dist, radius, vs, supersample):
     """Fraction of each voxel inside the object.
 
     ``dist`` is the distance (mm) of each voxel centre to the object's centre (sphere) or axis
@@ -179,7 +179,7 @@ def sphere(shape, voxel_size, *, radius, chi=1.0, center=None, b0_direction=(0.0
         d = (p - c) * vs
         return (d * d).sum(axis=-1) <= a * a
 
-    frac = _partial_volume(inside, r, a, vs, s, shape)
+    frac = _partial_volume(inside, r, a, vs, s)
     return AnalyticPhantom(
         chi=(chi * frac).astype(dtype), field=field.astype(dtype), mask=mask
     )
@@ -251,7 +251,7 @@ def cylinder(shape, voxel_size, *, radius, chi=1.0, axis=(0.0, 0.0, 1.0), center
         d = d - (d @ u)[..., None] * u
         return (d * d).sum(axis=-1) <= a * a
 
-    frac = _partial_volume(inside, rho, a, vs, s, shape)
+    frac = _partial_volume(inside, rho, a, vs, s)
     return AnalyticPhantom(
         chi=(chi * frac).astype(dtype), field=field.astype(dtype), mask=mask
     )
