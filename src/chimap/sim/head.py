@@ -249,6 +249,10 @@ def simulate_head(
     b0t = check_field_strength(field_strength)
     if protocol not in ("gre", "epi"):
         raise ValueError(f"protocol must be 'gre' or 'epi', got {protocol!r}")
+    # check the SNR before the simulation work (noise_sigma would only fail at the end, and let
+    # NaN through as an all-NaN noise level)
+    if snr is not None and not (float(snr) > 0):
+        raise ValueError(f"SNR must be positive (or None for no noise), got {snr}")
     oversample = int(oversample)
     if oversample < 1 or oversample > 4:
         raise ValueError(f"oversample must be 1..4, got {oversample}")

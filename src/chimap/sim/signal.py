@@ -137,7 +137,7 @@ def noise_sigma(signal_first_echo, mask, *, snr):
     """Noise standard deviation per real/imaginary channel for SNR = mean|S| in ``mask`` / sigma."""
     if snr is None or np.isinf(snr):
         return 0.0
-    if snr <= 0:
+    if not snr > 0:  # also rejects NaN
         raise ValueError(f"SNR must be positive, got {snr}")
     mean_signal = float(np.abs(signal_first_echo[mask]).mean())
     return mean_signal / float(snr)
