@@ -100,7 +100,7 @@ def test_simulate_head_writes_truth(simulated):
 @slow
 def test_simulate_epi_sidecars(tmp_path):
     rc = cli.main(["-q", "simulate", "head", "-o", str(tmp_path), "--voxel-size", "4", "--protocol", "epi",
-                   "--echo-times", "0.02", "--snr", "0"])
+                   "--echo-times", "0.02", "--segments", "12", "--snr", "0"])
     assert rc == 0
     meta = json.loads((tmp_path / ANAT / "sub-sim_acq-epi_echo-1_part-phase_MEGRE.json").read_text())
     assert meta["PulseSequenceType"] == "segmented 3D-EPI"

@@ -287,7 +287,7 @@ def test_epi_protocol_close_to_gre():
     relative L2 difference to GRE in the brain 0.062 / 0.068 and magnitude correlation 0.98."""
     kw = dict(voxel_size=4.0, snr=None, echo_times=(0.010, 0.020), rng=5)
     gre = simulate_head(**kw)
-    epi = simulate_head(protocol="epi", **kw)
+    epi = simulate_head(protocol="epi", segments=12, **kw)
     assert epi.magnitude.shape == gre.magnitude.shape
     assert epi.params["segments"] == 12 and epi.params["echo_spacing"] == 0.0008
     np.testing.assert_array_equal(epi.total_field, gre.total_field)
@@ -378,3 +378,21 @@ def test_lesion_susceptibility_contrast(clean):
 def test_invalid_inputs_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         simulate_head(**{"voxel_size": 4.0, **kwargs})
+
+
+def test_epi_segmentation_chosen_and_validated():
+    """The default segmentation is the fewest shots whose train fits the echo times; a train that
+    would start before the excitation or overlap the next echo is refused with a hint."""
+    from chimap.sim.signal import epi_train
+
+    # 228 lines, 0.8 ms: 1 shot needs 114 * 0.8 ms = 91 ms before the centre line.
+    assert epi_train(228, (0.008, 0.018), echo_spacing=0.0008) == epi_train(228, (0.008, 0.018),
+                                                                         echo_spacing=0.0008, segments=None)
+    s = epi_train(228, (0.008, 0.018), echo_spacing=0.0008)
+    etl = -(-228 // s)
+    assert etl * 0.0008 <= 0.010 + 1e-12  # the train fits in the echo gap
+    assert (114 // s) * 0.0008 < 0.008  # and starts after the excitation
+    with pytest.raises(ValueError, match="at least"):
+        epi_train(228, (0.005,), echo_spacing=0.0008, segments=2)
+    with pytest.raises(ValueError, match="segments"):
+        simulate_head(voxel_size=4.0, protocol="epi", segments=1, echo_times=(0.005,), snr=None)

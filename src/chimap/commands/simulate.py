@@ -19,7 +19,8 @@ def add_arguments(parser):
     parser.add_argument("--voxel-size", type=float, nargs="+", default=[1.0], metavar="MM",
                         help="output voxel size in mm: one value or three (default 1)")
     parser.add_argument("--echo-times", type=float, nargs="+", default=None, metavar="S",
-                        help="echo times in seconds (default 0.005 0.012 0.019 0.026)")
+                        help="echo times in seconds (default GRE 0.005 0.012 0.019 0.026, "
+                             "EPI 0.008 0.018 0.028 0.038)")
     parser.add_argument("--field-strength", type=float, default=3.0, metavar="T", help="tesla (default 3)")
     parser.add_argument("--snr", type=float, default=100.0,
                         help="first-echo brain SNR; 0 for no noise (default 100)")
@@ -36,12 +37,16 @@ def add_arguments(parser):
                         help="jitter nuclei and tissue susceptibilities with the seed")
     parser.add_argument("--scale", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("SI", "SJ", "SK"),
                         help="head size relative to MNI152 per axis")
+    parser.add_argument("--echo-spacing", type=float, default=0.0008, metavar="S",
+                        help="EPI echo spacing in seconds (default 0.0008)")
+    parser.add_argument("--segments", type=int, default=None,
+                        help="EPI shots per partition (default: the fewest that fit the echo times)")
     parser.add_argument("--subject", default="sim", help="BIDS subject label (default sim)")
 
 
 def run(args) -> int:
     from ..sim.bids import write_simulated_head
-    from ..sim.head import DEFAULT_ECHO_TIMES, simulate_head
+    from ..sim.head import simulate_head
 
     vs = args.voxel_size
     if len(vs) not in (1, 3):
@@ -49,7 +54,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     head = simulate_head(
         voxel_size=vs if len(vs) == 3 else vs[0],
-        echo_times=args.echo_times or DEFAULT_ECHO_TIMES,
+        echo_times=args.echo_times,
         field_strength=args.field_strength,
         protocol=args.protocol,
         snr=None if args.snr == 0 else args.snr,
@@ -60,6 +65,8 @@ def run(args) -> int:
         rng=args.seed,
         anatomy_scale=args.scale,
         vary_anatomy=args.vary_anatomy,
+        echo_spacing=args.echo_spacing,
+        segments=args.segments,
         progress=lambda m: log.info("  %s", m),
     )
     paths = write_simulated_head(head, args.output, subject=args.subject)

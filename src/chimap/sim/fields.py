@@ -45,7 +45,7 @@ def block_mean(x, factor):
     return out.astype(x.dtype, copy=False)
 
 
-def two_scale_dipole_field(chi_fine, fine_voxel_size, factor, *, b0_direction):
+def two_scale_dipole_field(chi_fine, fine_voxel_size, factor, *, b0_direction, margin_mm=16.0):
     """Field (ppm) of ``chi_fine`` on its fine grid with the two-scale wrap-around correction.
 
     Parameters
@@ -57,6 +57,11 @@ def two_scale_dipole_field(chi_fine, fine_voxel_size, factor, *, b0_direction):
     factor : int or sequence of 3 int
         Fine voxels per coarse voxel along each axis.
     b0_direction : sequence of 3 float
+    margin_mm : float
+        Zero padding (air) added on every side before the periodic convolutions, rounded up to
+        whole coarse voxels. It moves the periodic images away from the faces of the volume, so
+        that the coarse correction stays accurate for sources that touch a face (a neck cut by
+        the field of view).
 
     Returns
     -------
@@ -65,6 +70,10 @@ def two_scale_dipole_field(chi_fine, fine_voxel_size, factor, *, b0_direction):
     f = np.broadcast_to(np.asarray(factor, dtype=int), (3,))
     vs_f = np.asarray(fine_voxel_size, dtype=np.float64)
     vs_c = vs_f * f
+    shape = chi_fine.shape
+    pad_c = [int(np.ceil(margin_mm / v)) for v in vs_c]
+    if any(pad_c):
+        chi_fine = np.pad(chi_fine, [(p * fi, p * fi) for p, fi in zip(pad_c, f)])
     chi_c = block_mean(chi_fine, f)
     correction = dipole_field(chi_c, None, vs_c, b0_direction=b0_direction, pad_factor=2.0)
     correction -= periodic_dipole_field(chi_c, vs_c, b0_direction=b0_direction)
@@ -74,7 +83,9 @@ def two_scale_dipole_field(chi_fine, fine_voxel_size, factor, *, b0_direction):
     fine = Grid(chi_fine.shape, tuple(vs_f), (0.0, 0.0, 0.0))
     origin_c = tuple((fi - 1) / 2.0 * v for fi, v in zip(f, vs_f))
     field += sample_separable(correction, origin_c, tuple(vs_c), fine, fill=None)
-    return field
+    del correction
+    crop = tuple(slice(p * fi, p * fi + n) for p, fi, n in zip(pad_c, f, shape))
+    return np.ascontiguousarray(field[crop])
 
 
 def fourier_downsample(x, factor):

@@ -27,16 +27,20 @@ from .signal import (
     add_complex_noise,
     complex_exponent,
     epi_readout,
+    epi_train,
     gre_echo,
     noise_sigma,
     receiver_phase_offset,
 )
 from .tissues import LABELS, lookup_tables
 
-__all__ = ["SimulatedHead", "simulate_head", "DEFAULT_ECHO_TIMES", "T1W_INTENSITY"]
+__all__ = ["SimulatedHead", "simulate_head", "DEFAULT_ECHO_TIMES", "DEFAULT_EPI_ECHO_TIMES", "T1W_INTENSITY"]
 
 #: Default echo times (s) of a 4-echo 3 T GRE protocol.
 DEFAULT_ECHO_TIMES = (0.005, 0.012, 0.019, 0.026)
+
+#: Default echo times (s) of a 4-echo segmented 3D-EPI protocol (one train per echo).
+DEFAULT_EPI_ECHO_TIMES = (0.008, 0.018, 0.028, 0.038)
 
 #: Relative T1-weighted (MPRAGE-like) intensity per label, for a synthetic T1w image.
 T1W_INTENSITY = {0: 0.0, 1: 1.0, 2: 0.62, 3: 0.12, 4: 0.70, 5: 0.74, 6: 0.82, 7: 0.80, 8: 0.78,
@@ -183,7 +187,7 @@ def _render_properties(anatomy, grid, lesions, *, field_strength, chi_overrides,
 def simulate_head(
     *,
     voxel_size=1.0,
-    echo_times=DEFAULT_ECHO_TIMES,
+    echo_times=None,
     field_strength: float = 3.0,
     protocol: str = "gre",
     snr: float | None = 100.0,
@@ -197,7 +201,7 @@ def simulate_head(
     texture_amplitude: float = 0.004,
     phase_offset_amplitude: float = np.pi,
     echo_spacing: float = 0.0008,
-    segments: int = 12,
+    segments: int | None = None,
     pe_axis: int = 1,
     progress=None,
 ) -> SimulatedHead:
@@ -207,8 +211,8 @@ def simulate_head(
     ----------
     voxel_size : float or sequence of 3 float
         Output voxel size in mm (anisotropic allowed).
-    echo_times : sequence of float
-        Seconds.
+    echo_times : sequence of float, optional
+        Seconds; default :data:`DEFAULT_ECHO_TIMES` (GRE) or :data:`DEFAULT_EPI_ECHO_TIMES` (EPI).
     field_strength : float
         Tesla (R2* and the field in Hz scale with it).
     protocol : {"gre", "epi"}
@@ -233,7 +237,8 @@ def simulate_head(
     phase_offset_amplitude : float
         Scale (rad) of the smooth receiver phase offset (0 disables it).
     echo_spacing, segments, pe_axis
-        3D-EPI readout: echo spacing (s), shots per partition and phase-encode axis.
+        3D-EPI readout: echo spacing (s), shots per partition (None: the fewest for which each
+        echo's train fits between excitation and the next echo) and phase-encode axis.
     progress : callable, optional
         Called with a short message at each stage.
 
@@ -245,6 +250,8 @@ def simulate_head(
     timings = {}
     say = progress or (lambda msg: None)
     vs = check_voxel_size(voxel_size)
+    if echo_times is None:
+        echo_times = DEFAULT_EPI_ECHO_TIMES if protocol == "epi" else DEFAULT_ECHO_TIMES
     te = check_echo_times(echo_times)
     b0t = check_field_strength(field_strength)
     if protocol not in ("gre", "epi"):
@@ -261,6 +268,11 @@ def simulate_head(
     s_anat, s_les, s_tex, s_phase, s_noise, s_chi = seeds.spawn(6)
 
     anatomy = HeadAnatomy(scale=anatomy_scale, rng=np.random.default_rng(s_anat), jitter=vary_anatomy)
+    out_grid = _output_grid(vs, anatomy.scale)
+    if protocol == "epi":
+        if pe_axis not in (0, 1, 2):
+            raise ValueError(f"pe_axis must be 0, 1 or 2, got {pe_axis}")
+        segments = epi_train(out_grid.shape[pe_axis], te, echo_spacing=echo_spacing, segments=segments)
     chi_overrides = None
     if vary_anatomy:
         r = np.random.default_rng(s_chi)
@@ -270,7 +282,6 @@ def simulate_head(
     say("placing lesions")
     lesion_list: list[Lesion] = place_lesions(lesions, anatomy, rng=np.random.default_rng(s_les), chi_wm=wm_chi) if lesions else []
 
-    out_grid = _output_grid(vs, anatomy.scale)
     fine_grid = out_grid.refined(oversample)
     vs_f = np.asarray(fine_grid.spacing)
     timings["setup_s"] = time.perf_counter() - t_start

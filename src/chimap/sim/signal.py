@@ -12,6 +12,7 @@ from ..kernels import fft_workers
 from ..units import check_echo_times, hz_per_ppm
 
 __all__ = [
+    "epi_train",
     "complex_exponent",
     "gre_echo",
     "epi_readout",
@@ -53,6 +54,65 @@ def gre_echo(m0, z, *, echo_time, chunk=16):
         np.exp(z[s] * te, out=out[s])
         out[s] *= m0[s]
     return out
+
+
+def epi_train(n_lines, echo_times, *, echo_spacing, segments=None):
+    """Check (or choose) the segmentation of a 3D-EPI echo train.
+
+    Each echo is read by its own train of ``ceil(n_lines / segments)`` lines centred (at the
+    k-space centre line) on its echo time. The train must start after the excitation and must not
+    overlap the next echo's train.
+
+    Parameters
+    ----------
+    n_lines : int
+        Phase-encode lines along the EPI axis.
+    echo_times : sequence of float
+        Seconds.
+    echo_spacing : float
+        Seconds between lines.
+    segments : int, optional
+        Shots per partition; None picks the fewest that fit.
+
+    Returns
+    -------
+    int
+        The number of segments.
+
+    Raises
+    ------
+    ValueError
+        If the given segmentation does not fit, with the number of segments that would.
+    """
+    te = check_echo_times(echo_times)
+    if not 0 < echo_spacing <= 0.01:
+        raise ValueError(f"echo spacing must be in seconds and in (0, 10 ms], got {echo_spacing}")
+    gaps = np.diff(te)
+
+    def fits(s):
+        etl = -(-n_lines // s)
+        before = ((n_lines // 2) // s) * echo_spacing  # time from train start to the centre line
+        after = (etl - 1 - (n_lines // 2) // s) * echo_spacing
+        ok_start = te[0] - before > 0
+        ok_gap = np.all(gaps >= before + after + echo_spacing) if gaps.size else True
+        return bool(ok_start and ok_gap)
+
+    needed = next((s for s in range(1, n_lines + 1) if fits(s)), None)
+    if needed is None:
+        raise ValueError("no EPI segmentation fits these echo times: lengthen TE or the echo gaps, "
+                         "or shorten the echo spacing")
+    if segments is None:
+        return needed
+    segments = int(segments)
+    if segments < 1 or segments > n_lines:
+        raise ValueError(f"segments must be in 1..{n_lines}, got {segments}")
+    if not fits(segments):
+        raise ValueError(
+            f"with {segments} segments the {n_lines}-line EPI train starts before the excitation or "
+            f"overlaps the next echo (echo spacing {echo_spacing * 1e3:.2f} ms, echo times "
+            f"{[round(t * 1e3, 2) for t in te]} ms): use at least {needed} segments"
+        )
+    return segments
 
 
 def epi_readout(image_te, z, *, echo_time, echo_spacing, segments, pe_axis=1):
