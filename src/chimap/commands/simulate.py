@@ -69,7 +69,7 @@ def run(args) -> int:
         segments=args.segments,
         progress=lambda m: log.info("  %s", m),
     )
-    paths = write_simulated_head(head, args.output, subject=args.subject)
+    write_simulated_head(head, args.output, subject=args.subject)
     log.info(summary(head, args.output, time.perf_counter() - t0))
     return 0
 

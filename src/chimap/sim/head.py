@@ -16,22 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..constants import CHI_AIR_REL_WATER_PPM
 from ..geometry import check_b0_direction, check_voxel_size, rotation_from_to
 from ..units import check_echo_times, check_field_strength
 from .anatomy import HEAD_EXTENT_MM, HeadAnatomy, sample_separable
-from .fields import block_mean, fourier_downsample, two_scale_dipole_field
+from .acquire import acquire
 from .lesions import Lesion, paint_lesions, place_lesions
 from .shapes import Grid
-from .signal import (
-    add_complex_noise,
-    complex_exponent,
-    epi_readout,
-    epi_train,
-    gre_echo,
-    noise_sigma,
-    receiver_phase_offset,
-)
+from .signal import epi_train
 from .tissues import LABELS, lookup_tables
 
 __all__ = ["SimulatedHead", "simulate_head", "DEFAULT_ECHO_TIMES", "DEFAULT_EPI_ECHO_TIMES", "T1W_INTENSITY"]
@@ -142,6 +133,15 @@ def _texture(grid: Grid, rng, amplitude):
     return sample_separable(noise, lattice.origin, lattice.spacing, grid)
 
 
+def _mixed(lut, labels, mix, gm_f, wm_f, csf_f):
+    """Per-label values from ``lut``, with the GM/WM/CSF partial-volume blend where ``mix``."""
+    L = LABELS
+    v = lut[labels]
+    blend = gm_f * lut[L["cortical_grey_matter"]] + wm_f * lut[L["white_matter"]] + csf_f * lut[L["csf"]]
+    v[mix] = blend[mix]
+    return v
+
+
 def _render_properties(anatomy, grid, lesions, *, field_strength, chi_overrides, texture_rng,
                        texture_amplitude):
     """Labels, chi (ppm rel. water), M0, R2* and brain mask on ``grid``."""
@@ -157,15 +157,7 @@ def _render_properties(anatomy, grid, lesions, *, field_strength, chi_overrides,
     del gm, wm, total
     csf_f = 1.0 - gm_f - wm_f
 
-    def mixed(lut):
-        v = lut[labels]
-        blend = gm_f * lut[L["cortical_grey_matter"]] + wm_f * lut[L["white_matter"]] + csf_f * lut[L["csf"]]
-        v[mix] = blend[mix]
-        return v
-
-    chi = mixed(chi_lut)
-    m0 = mixed(m0_lut)
-    r2 = mixed(r2_lut)
+    chi, m0, r2 = (_mixed(lut, labels, mix, gm_f, wm_f, csf_f) for lut in (chi_lut, m0_lut, r2_lut))
     del gm_f, wm_f, csf_f, mix
     tex = _texture(grid, texture_rng, texture_amplitude)
     if tex is not None:
@@ -286,77 +278,36 @@ def simulate_head(
     vs_f = np.asarray(fine_grid.spacing)
     timings["setup_s"] = time.perf_counter() - t_start
 
-    say(f"rendering the head on a {fine_grid.shape} fine grid")
-    t0 = time.perf_counter()
-    tex_seed = s_tex.generate_state(1)[0]
-    labels_f, brain_f, _, chi_f, m0_f, r2_f = _render_properties(
-        anatomy, fine_grid, lesion_list, field_strength=b0t, chi_overrides=chi_overrides,
-        texture_rng=np.random.default_rng(tex_seed), texture_amplitude=texture_amplitude)
-    del labels_f
-    timings["render_fine_s"] = time.perf_counter() - t0
-
-    say("computing fields")
-    t0 = time.perf_counter()
-    # Sources relative to the air outside the head (air -> 0), so zero padding is the same medium.
-    src = chi_f - np.float32(CHI_AIR_REL_WATER_PPM)
-    total_f = two_scale_dipole_field(src, vs_f, oversample, b0_direction=b0)
-    np.multiply(chi_f, brain_f, out=src)
-    local_f = two_scale_dipole_field(src, vs_f, oversample, b0_direction=b0)
-    del src
-    total = block_mean(total_f, oversample)
-    local = block_mean(local_f, oversample)
-    del local_f
-    chi_full = block_mean(chi_f, oversample)
-    del chi_f, brain_f
-    timings["fields_s"] = time.perf_counter() - t0
-
-    say("simulating the signal")
-    t0 = time.perf_counter()
-    z_f = complex_exponent(total_f, r2_f, field_strength=b0t)
-    del total_f
-    m0 = block_mean(m0_f, oversample)
-    r2 = block_mean(r2_f, oversample)
-    del r2_f
-    echoes = []
-    for t in te:
-        s_f = gre_echo(m0_f, z_f, echo_time=t)
-        echoes.append(fourier_downsample(s_f, oversample) if oversample > 1 else s_f)
-        del s_f
-    del z_f, m0_f
-    if protocol == "epi":
-        z_c = complex_exponent(total, r2, field_strength=b0t)
-        echoes = [epi_readout(e, z_c, echo_time=t, echo_spacing=echo_spacing, segments=segments,
-                              pe_axis=pe_axis) for e, t in zip(echoes, te)]
-        del z_c
-    timings["signal_s"] = time.perf_counter() - t0
-
     say("rendering ground truth on the output grid")
     t0 = time.perf_counter()
+    tex_seed = s_tex.generate_state(1)[0]
     labels, brain, lesion_map, _, _, _ = _render_properties(
         anatomy, out_grid, lesion_list, field_strength=b0t, chi_overrides=chi_overrides,
         texture_rng=np.random.default_rng(tex_seed), texture_amplitude=0.0)
-    phase_offset = receiver_phase_offset(out_grid.shape, vs, rng=np.random.default_rng(s_phase),
-                                         amplitude=phase_offset_amplitude) if phase_offset_amplitude else \
-        np.zeros(out_grid.shape, np.float32)
-    sigma = noise_sigma(echoes[0], brain, snr=snr)
-    noise_rng = np.random.default_rng(s_noise)
-    rot = np.exp(1j * phase_offset).astype(np.complex64)
-    mag = np.empty(out_grid.shape + (len(te),), np.float32)
-    pha = np.empty_like(mag)
-    for e, sig in enumerate(echoes):
-        sig = add_complex_noise(sig * rot, sigma, rng=noise_rng)
-        mag[..., e] = np.abs(sig)
-        pha[..., e] = np.angle(sig)
-    del echoes, rot
+    timings["truth_s"] = time.perf_counter() - t0
+
+    say(f"rendering the head on a {fine_grid.shape} fine grid")
+    t0 = time.perf_counter()
+    _, brain_f, _, chi_f, m0_f, r2_f = _render_properties(
+        anatomy, fine_grid, lesion_list, field_strength=b0t, chi_overrides=chi_overrides,
+        texture_rng=np.random.default_rng(tex_seed), texture_amplitude=texture_amplitude)
+    fine = {"chi": chi_f, "m0": m0_f, "r2star": r2_f, "brain": brain_f}
+    del chi_f, m0_f, r2_f, brain_f
+    timings["render_fine_s"] = time.perf_counter() - t0
+
+    acq = acquire(fine, brain, fine_voxel_size=vs_f, oversample=oversample, echo_times=te,
+                  field_strength=b0t, b0_direction=b0, protocol=protocol, snr=snr,
+                  phase_offset_amplitude=phase_offset_amplitude, echo_spacing=echo_spacing,
+                  segments=segments, pe_axis=pe_axis, phase_rng=np.random.default_rng(s_phase),
+                  noise_rng=np.random.default_rng(s_noise), timings=timings, say=say)
     t1w = np.vectorize(T1W_INTENSITY.get, otypes=[np.float32])(np.arange(max(T1W_INTENSITY) + 1))[labels]
     t1w = ndimage.gaussian_filter(t1w, 0.5)
-    chi = np.where(brain, chi_full, np.float32(0.0)).astype(np.float32)
+    chi = np.where(brain, acq.chi_full, np.float32(0.0)).astype(np.float32)
     affine = np.eye(4)
     rot_w = rotation_from_to(b0, (0.0, 0.0, 1.0))
     affine[:3, :3] = rot_w * vs
     affine[:3, 3] = rot_w @ np.asarray(out_grid.origin)
     records = _lesion_records(lesion_list, lesion_map, chi, affine, vs, anatomy)
-    timings["truth_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
     params = dict(
@@ -371,11 +322,12 @@ def simulate_head(
         shape=list(out_grid.shape), fine_shape=list(fine_grid.shape),
     )
     return SimulatedHead(
-        magnitude=mag, phase=pha, echo_times=te, field_strength=b0t, voxel_size=vs, b0_direction=b0,
-        affine=affine, chi=chi, chi_full=chi_full, total_field=total, local_field=local,
-        background_field=(total - local).astype(np.float32), brain_mask=brain, labels=labels,
-        lesion_map=lesion_map, lesions=records, m0=m0, r2star=r2, t1w=t1w.astype(np.float32),
-        phase_offset=phase_offset, noise_sigma=float(sigma), params=params, timings=timings,
+        magnitude=acq.magnitude, phase=acq.phase, echo_times=te, field_strength=b0t, voxel_size=vs,
+        b0_direction=b0, affine=affine, chi=chi, chi_full=acq.chi_full, total_field=acq.total_field,
+        local_field=acq.local_field, background_field=(acq.total_field - acq.local_field).astype(np.float32),
+        brain_mask=brain, labels=labels, lesion_map=lesion_map, lesions=records, m0=acq.m0,
+        r2star=acq.r2star, t1w=t1w.astype(np.float32), phase_offset=acq.phase_offset,
+        noise_sigma=acq.noise_sigma, params=params, timings=timings,
     )
 
 
