@@ -6,13 +6,18 @@ import logging
 import time
 
 NAME = "simulate"
-HELP = "simulate a head (or a sphere/cylinder phantom) with inputs and ground truth"
+HELP = "simulate a head (built-in, or the QSM challenge 2.0 model) with inputs and ground truth"
 
 log = logging.getLogger("chimap")
 
 
 def add_arguments(parser):
-    parser.add_argument("what", choices=["head"], help="what to simulate")
+    parser.add_argument("what", choices=["head", "challenge"],
+                        help="head: the built-in MNI152-based head; challenge: the QSM challenge 2.0 "
+                             "head model from --segmentation-dir")
+    parser.add_argument("--segmentation-dir", default=None, metavar="DIR",
+                        help="folder with SegmentedModel.nii.gz, BrainMask.nii.gz and "
+                             "SusceptibilityValues.mat (for 'challenge')")
     parser.add_argument("-o", "--output", required=True, help="output folder (BIDS-like)")
     parser.add_argument("--protocol", choices=["gre", "epi"], default="gre",
                         help="multi-echo GRE or segmented 3D-EPI (default gre)")
@@ -52,6 +57,11 @@ def run(args) -> int:
     if len(vs) not in (1, 3):
         raise ValueError(f"--voxel-size takes one or three values, got {len(vs)}")
     t0 = time.perf_counter()
+    if args.what == "challenge":
+        head = _simulate_challenge(args)
+        write_simulated_head(head, args.output, subject=args.subject)
+        log.info(summary(head, args.output, time.perf_counter() - t0))
+        return 0
     head = simulate_head(
         voxel_size=vs if len(vs) == 3 else vs[0],
         echo_times=args.echo_times,
@@ -74,11 +84,39 @@ def run(args) -> int:
     return 0
 
 
+def _simulate_challenge(args):
+    """The challenge 2.0 model: its 0.64 mm labels are the fine grid; --voxel-size picks the
+    output voxel as the nearest whole multiple of 0.64 mm (1.28 mm for the default 1)."""
+    import numpy as np
+
+    from ..sim.segmented import load_challenge_segmentation, simulate_segmentation
+
+    if not args.segmentation_dir:
+        raise ValueError("'chimap simulate challenge' needs --segmentation-dir DIR")
+    if args.lesions:
+        raise ValueError("--lesions is only available for the built-in head")
+    labels, brain, vs_f, chi = load_challenge_segmentation(args.segmentation_dir)
+    factor = max(1, int(round(float(np.max(args.voxel_size)) / float(vs_f.max()))))
+    # the fine grid keeps oversample 2 relative to the output: subsample the labels if needed
+    step = max(1, factor // 2)
+    oversample = factor // step
+    sub = (slice(None, None, step),) * 3
+    b0 = args.b0_direction if args.b0_direction is not None else (
+        0.0, float(np.sin(np.radians(args.b0_tilt))), float(np.cos(np.radians(args.b0_tilt))))
+    return simulate_segmentation(
+        labels[sub], brain[sub], vs_f * step, chi_overrides=chi, oversample=oversample,
+        echo_times=args.echo_times, field_strength=args.field_strength, protocol=args.protocol,
+        snr=None if args.snr == 0 else args.snr, b0_direction=b0, rng=args.seed,
+        echo_spacing=args.echo_spacing, segments=args.segments, progress=lambda m: log.info("  %s", m))
+
+
 def summary(head, out_dir, seconds) -> str:
     """A short human-readable summary of a simulated head."""
     import numpy as np
 
     m = head.brain_mask
+    if m.sum() == 0:
+        raise ValueError("the simulated brain mask is empty")
     kinds = {}
     for rec in head.lesions:
         kinds[rec["kind"]] = kinds.get(rec["kind"], 0) + 1
