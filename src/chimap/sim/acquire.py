@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..constants import CHI_AIR_REL_WATER_PPM
+from ..units import check_echo_times, check_field_strength
 from .fields import block_mean, fourier_downsample, two_scale_dipole_field
 from .signal import (
     add_complex_noise,
@@ -25,7 +26,38 @@ from .signal import (
     receiver_phase_offset,
 )
 
-__all__ = ["Acquired", "acquire"]
+__all__ = ["Acquired", "acquire", "check_acquisition", "DEFAULT_ECHO_TIMES", "DEFAULT_EPI_ECHO_TIMES"]
+
+#: Default echo times (s) of a 4-echo 3 T GRE protocol.
+DEFAULT_ECHO_TIMES = (0.005, 0.012, 0.019, 0.026)
+
+#: Default echo times (s) of a 4-echo segmented 3D-EPI protocol (one train per echo).
+DEFAULT_EPI_ECHO_TIMES = (0.008, 0.018, 0.028, 0.038)
+
+
+def check_acquisition(*, protocol, echo_times, field_strength, snr, oversample):
+    """Validate the acquisition settings before any simulation work.
+
+    Returns
+    -------
+    echo_times : numpy.ndarray
+        Seconds (the protocol's defaults when None was given).
+    field_strength : float
+    oversample : int
+    """
+    if protocol not in ("gre", "epi"):
+        raise ValueError(f"protocol must be 'gre' or 'epi', got {protocol!r}")
+    if echo_times is None:
+        echo_times = DEFAULT_EPI_ECHO_TIMES if protocol == "epi" else DEFAULT_ECHO_TIMES
+    te = check_echo_times(echo_times)
+    b0t = check_field_strength(field_strength)
+    # NaN would pass a plain "<= 0" test and give an all-NaN noise level at the very end
+    if snr is not None and not (float(snr) > 0):
+        raise ValueError(f"SNR must be positive (or None for no noise), got {snr}")
+    oversample = int(oversample)
+    if oversample < 1 or oversample > 4:
+        raise ValueError(f"oversample must be 1..4, got {oversample}")
+    return te, b0t, oversample
 
 
 @dataclass

@@ -17,9 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..geometry import check_b0_direction, check_voxel_size, rotation_from_to
-from ..units import check_echo_times, check_field_strength
 from .anatomy import HEAD_EXTENT_MM, HeadAnatomy, sample_separable
-from .acquire import acquire
+from .acquire import DEFAULT_ECHO_TIMES, DEFAULT_EPI_ECHO_TIMES, acquire, check_acquisition
 from .lesions import Lesion, paint_lesions, place_lesions
 from .shapes import Grid
 from .signal import epi_train
@@ -27,11 +26,6 @@ from .tissues import LABELS, lookup_tables
 
 __all__ = ["SimulatedHead", "simulate_head", "DEFAULT_ECHO_TIMES", "DEFAULT_EPI_ECHO_TIMES", "T1W_INTENSITY"]
 
-#: Default echo times (s) of a 4-echo 3 T GRE protocol.
-DEFAULT_ECHO_TIMES = (0.005, 0.012, 0.019, 0.026)
-
-#: Default echo times (s) of a 4-echo segmented 3D-EPI protocol (one train per echo).
-DEFAULT_EPI_ECHO_TIMES = (0.008, 0.018, 0.028, 0.038)
 
 #: Relative T1-weighted (MPRAGE-like) intensity per label, for a synthetic T1w image.
 T1W_INTENSITY = {0: 0.0, 1: 1.0, 2: 0.62, 3: 0.12, 4: 0.70, 5: 0.74, 6: 0.82, 7: 0.80, 8: 0.78,
@@ -242,19 +236,8 @@ def simulate_head(
     timings = {}
     say = progress or (lambda msg: None)
     vs = check_voxel_size(voxel_size)
-    if echo_times is None:
-        echo_times = DEFAULT_EPI_ECHO_TIMES if protocol == "epi" else DEFAULT_ECHO_TIMES
-    te = check_echo_times(echo_times)
-    b0t = check_field_strength(field_strength)
-    if protocol not in ("gre", "epi"):
-        raise ValueError(f"protocol must be 'gre' or 'epi', got {protocol!r}")
-    # check the SNR before the simulation work (noise_sigma would only fail at the end, and let
-    # NaN through as an all-NaN noise level)
-    if snr is not None and not (float(snr) > 0):
-        raise ValueError(f"SNR must be positive (or None for no noise), got {snr}")
-    oversample = int(oversample)
-    if oversample < 1 or oversample > 4:
-        raise ValueError(f"oversample must be 1..4, got {oversample}")
+    te, b0t, oversample = check_acquisition(protocol=protocol, echo_times=echo_times,
+                                            field_strength=field_strength, snr=snr, oversample=oversample)
     b0 = check_b0_direction(b0_direction) if b0_direction is not None else _b0_from_tilt(b0_tilt_deg)
     seeds = np.random.SeedSequence(rng if not isinstance(rng, np.random.Generator) else rng.integers(2**63))
     s_anat, s_les, s_tex, s_phase, s_noise, s_chi = seeds.spawn(6)

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..geometry import check_b0_direction, check_voxel_size, rotation_from_to
-from ..units import check_echo_times, check_field_strength
-from .acquire import acquire
-from .head import DEFAULT_ECHO_TIMES, DEFAULT_EPI_ECHO_TIMES, T1W_INTENSITY, SimulatedHead
+from .acquire import acquire, check_acquisition
+from .head import T1W_INTENSITY, SimulatedHead
 from .signal import epi_train
 from .tissues import LABELS, lookup_tables
 
@@ -118,18 +117,9 @@ def simulate_segmentation(labels, brain_mask, voxel_size, *, chi_overrides=None,
         raise ValueError(f"labels must be chimap tissue labels 0..{max(LABELS.values())}; "
                          f"got {labels.min()}..{labels.max()} (map your segmentation first)")
     vs_f = check_voxel_size(voxel_size)
-    oversample = int(oversample)
-    if oversample < 1 or oversample > 4:
-        raise ValueError(f"oversample must be 1..4, got {oversample}")
-    if echo_times is None:
-        echo_times = DEFAULT_EPI_ECHO_TIMES if protocol == "epi" else DEFAULT_ECHO_TIMES
-    te = check_echo_times(echo_times)
-    b0t = check_field_strength(field_strength)
+    te, b0t, oversample = check_acquisition(protocol=protocol, echo_times=echo_times,
+                                            field_strength=field_strength, snr=snr, oversample=oversample)
     b0 = check_b0_direction(b0_direction)
-    if protocol not in ("gre", "epi"):
-        raise ValueError(f"protocol must be 'gre' or 'epi', got {protocol!r}")
-    if snr is not None and not (float(snr) > 0):
-        raise ValueError(f"SNR must be positive (or None for no noise), got {snr}")
     crop = tuple(slice(0, (n // oversample) * oversample) for n in labels.shape)
     labels = labels[crop].astype(np.uint8)
     brain_mask = brain_mask[crop]
