@@ -396,3 +396,12 @@ def test_epi_segmentation_chosen_and_validated():
         epi_train(228, (0.005,), echo_spacing=0.0008, segments=2)
     with pytest.raises(ValueError, match="segments"):
         simulate_head(voxel_size=4.0, protocol="epi", segments=1, echo_times=(0.005,), snr=None)
+
+
+def test_memory_estimate_refuses_oversized_grids():
+    """A fine grid that cannot fit is refused up front with the estimate and a way out."""
+    from chimap.sim.acquire import check_memory
+
+    check_memory((100, 100, 100), available_bytes=2**30)  # 60 MB of 1 GiB: fine
+    with pytest.raises(MemoryError, match="--oversample 1"):
+        check_memory((1000, 1000, 1000), available_bytes=24 * 2**30)

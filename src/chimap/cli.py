@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError) as exc:
+    except (UsageError, ValueError, FileNotFoundError, MemoryError) as exc:
         print(f"chimap {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,13 +26,41 @@ from .signal import (
     receiver_phase_offset,
 )
 
-__all__ = ["Acquired", "acquire", "check_acquisition", "DEFAULT_ECHO_TIMES", "DEFAULT_EPI_ECHO_TIMES"]
+__all__ = ["Acquired", "acquire", "check_acquisition", "check_memory", "DEFAULT_ECHO_TIMES", "DEFAULT_EPI_ECHO_TIMES"]
 
 #: Default echo times (s) of a 4-echo 3 T GRE protocol.
 DEFAULT_ECHO_TIMES = (0.005, 0.012, 0.019, 0.026)
 
 #: Default echo times (s) of a 4-echo segmented 3D-EPI protocol (one train per echo).
 DEFAULT_EPI_ECHO_TIMES = (0.008, 0.018, 0.028, 0.038)
+
+
+#: Peak memory per fine-grid voxel of the simulation, bytes (measured: 4.1 GB for a
+#: 384x456x408 fine grid, ``benchmarks/bench_simulate_head.py``).
+BYTES_PER_FINE_VOXEL = 60
+
+
+def check_memory(fine_shape, *, available_bytes=None):
+    """Refuse a fine grid whose simulation would not fit in the machine's memory.
+
+    Raises
+    ------
+    MemoryError
+        With the estimate and how to reduce it (larger voxels or a smaller ``oversample``).
+    """
+    import os
+
+    need = BYTES_PER_FINE_VOXEL * float(np.prod(fine_shape))
+    if available_bytes is None:
+        try:
+            available_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+            return
+    if need > 0.9 * available_bytes:
+        raise MemoryError(
+            f"simulating a {tuple(int(n) for n in fine_shape)} fine grid needs about {need / 2**30:.1f} GiB "
+            f"but this machine has {available_bytes / 2**30:.1f} GiB: use larger voxels or --oversample 1"
+        )
 
 
 def check_acquisition(*, protocol, echo_times, field_strength, snr, oversample):

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from ..geometry import check_b0_direction, check_voxel_size, rotation_from_to
 from .anatomy import HEAD_EXTENT_MM, HeadAnatomy, sample_separable
-from .acquire import DEFAULT_ECHO_TIMES, DEFAULT_EPI_ECHO_TIMES, acquire, check_acquisition
+from .acquire import DEFAULT_ECHO_TIMES, DEFAULT_EPI_ECHO_TIMES, acquire, check_acquisition, check_memory
 from .lesions import Lesion, paint_lesions, place_lesions
 from .shapes import Grid
 from .signal import epi_train
@@ -244,6 +244,8 @@ def simulate_head(
 
     anatomy = HeadAnatomy(scale=anatomy_scale, rng=np.random.default_rng(s_anat), jitter=vary_anatomy)
     out_grid = _output_grid(vs, anatomy.scale)
+    fine_grid = out_grid.refined(oversample)
+    check_memory(fine_grid.shape)
     if protocol == "epi":
         if pe_axis not in (0, 1, 2):
             raise ValueError(f"pe_axis must be 0, 1 or 2, got {pe_axis}")
@@ -257,7 +259,6 @@ def simulate_head(
     say("placing lesions")
     lesion_list: list[Lesion] = place_lesions(lesions, anatomy, rng=np.random.default_rng(s_les), chi_wm=wm_chi) if lesions else []
 
-    fine_grid = out_grid.refined(oversample)
     vs_f = np.asarray(fine_grid.spacing)
     timings["setup_s"] = time.perf_counter() - t_start
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..geometry import check_b0_direction, check_voxel_size, rotation_from_to
-from .acquire import acquire, check_acquisition
+from .acquire import acquire, check_acquisition, check_memory
 from .head import T1W_INTENSITY, SimulatedHead
 from .signal import epi_train
 from .tissues import LABELS, lookup_tables
@@ -124,6 +124,7 @@ def simulate_segmentation(labels, brain_mask, voxel_size, *, chi_overrides=None,
     labels = labels[crop].astype(np.uint8)
     brain_mask = brain_mask[crop]
     out_shape = tuple(n // oversample for n in labels.shape)
+    check_memory(labels.shape)
     vs = vs_f * oversample
     if protocol == "epi":
         segments = epi_train(out_shape[pe_axis], te, echo_spacing=echo_spacing, segments=segments)
