@@ -18,6 +18,7 @@ __all__ = [
     "b0_direction_from_affine",
     "obliquity_deg",
     "affine_with_b0_direction",
+    "b0_direction_from_tilt",
     "rotation_from_to",
     "check_voxel_size",
     "check_b0_direction",
@@ -107,6 +108,15 @@ def rotation_from_to(a, b) -> np.ndarray:
         return 2.0 * np.outer(axis, axis) - np.eye(3)
     vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
     return np.eye(3) + vx + vx @ vx / (1.0 + c)
+
+
+def b0_direction_from_tilt(tilt_deg: float) -> np.ndarray:
+    """B0 in voxel axes for a head pitched by ``tilt_deg`` degrees about voxel axis I.
+
+    ``(0, sin t, cos t)``: 0 degrees is B0 along axis K.
+    """
+    t = np.radians(float(tilt_deg))
+    return np.array([0.0, np.sin(t), np.cos(t)])
 
 
 def affine_with_b0_direction(voxel_size, b0_direction, *, shape=None, center_world=(0.0, 0.0, 0.0)):

@@ -89,6 +89,7 @@ def _simulate_challenge(args):
     output voxel as the nearest whole multiple of 0.64 mm (1.28 mm for the default 1)."""
     import numpy as np
 
+    from ..geometry import b0_direction_from_tilt
     from ..sim.segmented import load_challenge_segmentation, simulate_segmentation
 
     if not args.segmentation_dir:
@@ -101,8 +102,7 @@ def _simulate_challenge(args):
     step = max(1, factor // 2)
     oversample = factor // step
     sub = (slice(None, None, step),) * 3
-    b0 = args.b0_direction if args.b0_direction is not None else (
-        0.0, float(np.sin(np.radians(args.b0_tilt))), float(np.cos(np.radians(args.b0_tilt))))
+    b0 = args.b0_direction if args.b0_direction is not None else b0_direction_from_tilt(args.b0_tilt)
     return simulate_segmentation(
         labels[sub], brain[sub], vs_f * step, chi_overrides=chi, oversample=oversample,
         echo_times=args.echo_times, field_strength=args.field_strength, protocol=args.protocol,

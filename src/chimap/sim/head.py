@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..geometry import check_b0_direction, check_voxel_size, rotation_from_to
+from ..geometry import affine_with_b0_direction, b0_direction_from_tilt, check_b0_direction, check_voxel_size
 from .anatomy import HEAD_EXTENT_MM, HeadAnatomy, sample_separable
 from .acquire import DEFAULT_ECHO_TIMES, DEFAULT_EPI_ECHO_TIMES, acquire, check_acquisition, check_memory
 from .lesions import Lesion, paint_lesions, place_lesions
@@ -100,12 +100,6 @@ class SimulatedHead:
     noise_sigma: float
     params: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
-
-
-def _b0_from_tilt(tilt_deg: float) -> np.ndarray:
-    """B0 in voxel axes for a head pitched by ``tilt_deg`` about the left-right axis (I)."""
-    t = np.radians(float(tilt_deg))
-    return np.array([0.0, np.sin(t), np.cos(t)])
 
 
 def _output_grid(voxel_size, scale) -> Grid:
@@ -238,7 +232,7 @@ def simulate_head(
     vs = check_voxel_size(voxel_size)
     te, b0t, oversample = check_acquisition(protocol=protocol, echo_times=echo_times,
                                             field_strength=field_strength, snr=snr, oversample=oversample)
-    b0 = check_b0_direction(b0_direction) if b0_direction is not None else _b0_from_tilt(b0_tilt_deg)
+    b0 = check_b0_direction(b0_direction) if b0_direction is not None else b0_direction_from_tilt(b0_tilt_deg)
     seeds = np.random.SeedSequence(rng if not isinstance(rng, np.random.Generator) else rng.integers(2**63))
     s_anat, s_les, s_tex, s_phase, s_noise, s_chi = seeds.spawn(6)
 
@@ -287,10 +281,9 @@ def simulate_head(
     t1w = np.vectorize(T1W_INTENSITY.get, otypes=[np.float32])(np.arange(max(T1W_INTENSITY) + 1))[labels]
     t1w = ndimage.gaussian_filter(t1w, 0.5)
     chi = np.where(brain, acq.chi_full, np.float32(0.0)).astype(np.float32)
-    affine = np.eye(4)
-    rot_w = rotation_from_to(b0, (0.0, 0.0, 1.0))
-    affine[:3, :3] = rot_w * vs
-    affine[:3, 3] = rot_w @ np.asarray(out_grid.origin)
+    # head-space origin (MNI 0, near the anterior commissure) at the scanner's isocentre
+    affine = affine_with_b0_direction(vs, b0)
+    affine[:3, 3] = affine[:3, :3] @ (np.asarray(out_grid.origin) / vs)
     records = _lesion_records(lesion_list, lesion_map, chi, affine, vs, anatomy)
     timings["total_s"] = time.perf_counter() - t_start
 

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .shapes import Ellipsoid, EllipsoidShell, Grid, Tube, rotation_from_vectors
+from ..geometry import rotation_from_to
+from .shapes import Ellipsoid, EllipsoidShell, Grid, Tube
 from .tissues import LABELS
 
 __all__ = ["Lesion", "LESION_KINDS", "place_lesions", "paint_lesions"]
@@ -52,7 +53,7 @@ class Lesion:
     chi_rim: float | None
 
     def rotation(self) -> np.ndarray:
-        return rotation_from_vectors((0.0, 0.0, 1.0), self.axis)
+        return rotation_from_to((0.0, 0.0, 1.0), self.axis)
 
     def to_record(self) -> dict:
         d = asdict(self)

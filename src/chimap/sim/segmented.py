@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import check_b0_direction, check_voxel_size, rotation_from_to
+from ..geometry import affine_with_b0_direction, check_b0_direction, check_voxel_size
 from .acquire import acquire, check_acquisition, check_memory
 from .head import T1W_INTENSITY, SimulatedHead
 from .signal import epi_train
@@ -145,10 +145,7 @@ def simulate_segmentation(labels, brain_mask, voxel_size, *, chi_overrides=None,
                   pe_axis=pe_axis, phase_rng=np.random.default_rng(s_phase),
                   noise_rng=np.random.default_rng(s_noise), timings=timings, say=progress)
     t1w_lut = np.array([T1W_INTENSITY.get(i, 0.0) for i in range(max(T1W_INTENSITY) + 1)], np.float32)
-    affine = np.eye(4)
-    rot = rotation_from_to(b0, (0.0, 0.0, 1.0))
-    affine[:3, :3] = rot * vs
-    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(out_shape) - 1) / 2.0)
+    affine = affine_with_b0_direction(vs, b0, shape=out_shape)
     timings["total_s"] = time.perf_counter() - t_start
     params = dict(source="label map", voxel_size=vs.tolist(), echo_times=te.tolist(), field_strength=b0t,
                   protocol=protocol, snr=snr, b0_direction=b0.tolist(), oversample=oversample,

@@ -155,9 +155,3 @@ class Tube:
             inside |= d2 <= (ra + t * (rb - ra)) ** 2
         return sl, inside
 
-
-def rotation_from_vectors(a, b) -> np.ndarray:
-    """Rotation matrix that maps the direction of ``a`` onto the direction of ``b``."""
-    from ..geometry import rotation_from_to
-
-    return rotation_from_to(a, b)
