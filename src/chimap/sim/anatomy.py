@@ -32,6 +32,8 @@ HEAD_EXTENT_MM = ((-96.0, 96.0), (-128.0, 100.0), (-100.0, 104.0))
 CSF_SHELL_MM = 2.5
 SKULL_SHELL_MM = 9.0
 SCALP_SHELL_MM = 15.0
+#: Minimum bone (mm) kept between air cavities and the CSF around the brain.
+CAVITY_BONE_MM = 2.0
 
 _MNI_PAD_MM = 48  # padding around the MNI box so distances cover the whole head
 
@@ -278,6 +280,7 @@ class HeadAnatomy:
         labels[dist <= SCALP_SHELL_MM] = L["soft_tissue"]
         labels[dist <= SKULL_SHELL_MM] = L["skull"]
         labels[dist <= CSF_SHELL_MM] = L["csf"]
+        near_brain = dist <= CSF_SHELL_MM + CAVITY_BONE_MM  # air cavities stay out of this shell
         del dist
         self._paint_body(labels, grid)
         # brain: GM / WM / CSF by the largest fraction
@@ -294,7 +297,8 @@ class HeadAnatomy:
         if stem is not None:
             brain[stem[0]] |= stem[1]
         for label, shape, over in self.structures:
-            self._paint(labels, grid, label, shape, over)
+            self._paint(labels, grid, label, shape, over,
+                        exclude=near_brain if label == L["air_cavity"] else None)
         return labels, brain, (gm, wm)
 
     def _paint_body(self, labels, grid):
@@ -307,13 +311,16 @@ class HeadAnatomy:
         for shape in body:
             self._paint(labels, grid, L["soft_tissue"], shape, {L["air"]})
 
-    def _paint(self, labels, grid, label, shape, over):
-        """Set ``label`` inside ``shape`` where the current label is in ``over``; return (slices, mask)."""
+    def _paint(self, labels, grid, label, shape, over, exclude=None):
+        """Set ``label`` inside ``shape`` where the current label is in ``over`` (and ``exclude`` is
+        False); return (slices, mask)."""
         sl, m = shape.rasterize(self.mni_grid(grid))
         if sl is None:
             return None
         sub = labels[sl]
         if over is not None:
             m &= np.isin(sub, tuple(over))
+        if exclude is not None:
+            m &= ~exclude[sl]
         sub[m] = label
         return sl, m
