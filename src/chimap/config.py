@@ -1,0 +1,187 @@
+"""Pipeline configuration: TOML presets, user overrides and validation against the algorithms.
+
+A configuration has one table per pipeline step. ``method`` names the algorithm; every other key
+is a keyword argument of that algorithm's function, so a preset reads like the calls it makes.
+Unknown keys are rejected by name, with the keys that the chosen method accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["STEPS", "load_preset", "load_config", "merge", "validate", "resolve", "available_presets", "to_toml"]
+
+#: step -> method -> "module:function"
+STEPS: dict[str, dict[str, str]] = {
+    "mask": {
+        "threshold": "chimap.mask:brain_mask",
+        "external": "",
+    },
+    "offsets": {
+        "mcpc3ds": "chimap.field.offsets:mcpc3ds",
+        "none": "",
+    },
+    "unwrap": {
+        "region_growing": "chimap.field.unwrap:unwrap_temporal",
+        "laplacian": "chimap.field.unwrap:unwrap_laplacian",
+    },
+    "combine": {
+        "linear_fit": "chimap.field.combine:fit_field_linear",
+        "weighted_average": "chimap.field.combine:weighted_echo_average",
+    },
+    "background": {
+        "vsharp": "chimap.background:vsharp",
+        "sharp": "chimap.background:sharp",
+        "resharp": "chimap.background:resharp",
+        "ismv": "chimap.background:ismv",
+        "pdf": "chimap.background:pdf",
+        "lbv": "chimap.background:lbv",
+    },
+    "invert": {
+        "tkd": "chimap.invert:tkd",
+        "tv_admm": "chimap.invert:tv_admm",
+    },
+    "reference": {
+        "brain": "",
+        "csf": "",
+        "none": "",
+    },
+}
+
+#: Keys of a step that configure the pipeline itself, not the algorithm.
+PIPELINE_KEYS = {
+    "mask": {"method", "quality"},
+    "offsets": {"method"},
+    "unwrap": {"method"},
+    "combine": {"method"},
+    "background": {"method", "use_reliability"},
+    "invert": {"method", "weight"},
+    "reference": {"method"},
+    "output": {"intermediates"},
+}
+
+#: Arguments the pipeline passes itself (never set from a configuration).
+_SUPPLIED = {"phase", "phases", "magnitude", "mask", "voxel_size", "echo_times", "field_strength",
+             "b0_direction", "total_field", "local_field", "field", "weight", "weights",
+             "phase_unwrapped", "data", "noise", "chi"}
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped with chimap."""
+    return sorted(p.name[:-5] for p in resources.files("chimap.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict:
+    """Load a shipped preset by name (e.g. ``default``, ``fast``)."""
+    names = available_presets()
+    if name not in names:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(names)}")
+    return tomllib.loads(resources.files("chimap.presets").joinpath(f"{name}.toml").read_text())
+
+
+def load_config(path) -> dict:
+    """Load a user TOML configuration file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such configuration file: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML: {exc}") from None
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Merge ``override`` into a copy of ``base`` table by table; a new ``method`` replaces the
+    whole table (its keyword arguments belong to the old method)."""
+    out = copy.deepcopy(base)
+    for step, table in override.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"configuration entry {step!r} must be a table ([{step}])")
+        if "method" in table and table["method"] != out.get(step, {}).get("method"):
+            out[step] = dict(table)
+        else:
+            out.setdefault(step, {}).update(table)
+    return out
+
+
+def _function(spec: str):
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def method_function(step: str, method: str):
+    """The function that implements ``method`` of ``step`` (None for pipeline-internal methods)."""
+    spec = STEPS[step][method]
+    return _function(spec) if spec else None
+
+
+def validate(config: dict) -> dict:
+    """Check steps, methods and keys; return the configuration unchanged.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown step, method or key, and what is accepted.
+    """
+    for step, table in config.items():
+        if step not in STEPS and step != "output":
+            raise ValueError(f"unknown configuration table [{step}]; known: {', '.join([*STEPS, 'output'])}")
+        if step == "output":
+            bad = set(table) - PIPELINE_KEYS["output"]
+            if bad:
+                raise ValueError(f"unknown key(s) {sorted(bad)} in [output]; known: {sorted(PIPELINE_KEYS['output'])}")
+            continue
+        method = table.get("method")
+        if method not in STEPS[step]:
+            raise ValueError(f"[{step}] method {method!r} is unknown; choose from {', '.join(STEPS[step])}")
+        func = method_function(step, method)
+        allowed = set(PIPELINE_KEYS[step])
+        if func is not None:
+            params = inspect.signature(func).parameters
+            allowed |= {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n not in _SUPPLIED}
+        bad = set(table) - allowed
+        if bad:
+            raise ValueError(f"unknown key(s) {sorted(bad)} in [{step}] for method {method!r}; "
+                             f"accepted: {', '.join(sorted(allowed))}")
+    return config
+
+
+def resolve(preset: str = "default", *, config_file=None, overrides: dict | None = None) -> dict:
+    """Preset, then a user file, then overrides; validated."""
+    cfg = load_preset(preset)
+    if config_file is not None:
+        cfg = merge(cfg, load_config(config_file))
+    if overrides:
+        cfg = merge(cfg, overrides)
+    return validate(cfg)
+
+
+def step_kwargs(config: dict, step: str) -> dict:
+    """Keyword arguments for the algorithm of ``step`` (the table minus pipeline keys)."""
+    table = config.get(step, {})
+    return {k: v for k, v in table.items() if k not in PIPELINE_KEYS[step]}
+
+
+def to_toml(config: dict) -> str:
+    """Render a configuration as TOML (tables of scalars and lists)."""
+
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = []
+    for step, table in config.items():
+        lines.append(f"[{step}]")
+        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,279 @@
+"""The chimap pipeline: magnitude and wrapped phase in, a referenced chi map out.
+
+Plain sequential calls of the step functions named by a configuration (see
+:mod:`chimap.config`): mask -> phase offsets -> unwrapping -> echo combination (field, ppm) ->
+background removal (local field, ppm) -> dipole inversion (chi, ppm) -> referencing.
+I/O and provenance live in :func:`run_files`; :func:`run` works on arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import method_function, resolve, step_kwargs
+from .geometry import check_b0_direction, check_voxel_size
+from .units import check_echo_times, check_field_strength
+
+__all__ = ["PipelineResult", "run", "run_files"]
+
+log = logging.getLogger("chimap")
+
+
+@dataclass
+class PipelineResult:
+    """Outputs of :func:`run` (arrays on the input grid).
+
+    Attributes
+    ----------
+    chi : numpy.ndarray of float32
+        Referenced susceptibility (ppm), zero outside ``mask``.
+    mask : numpy.ndarray of bool
+        Voxels where chi is valid (brain mask after background removal).
+    brain_mask : numpy.ndarray of bool
+        Brain mask before background removal.
+    field : numpy.ndarray of float32
+        Total field (ppm).
+    local_field : numpy.ndarray of float32
+        Local field (ppm).
+    reliability : numpy.ndarray or None
+        Noise/reliability map of the field fit.
+    reference_offset : float
+        ppm subtracted by the referencing.
+    config : dict
+        Resolved configuration.
+    timings : dict
+        Seconds per step.
+    """
+
+    chi: np.ndarray
+    mask: np.ndarray
+    brain_mask: np.ndarray
+    field: np.ndarray
+    local_field: np.ndarray
+    reliability: np.ndarray | None
+    reference_offset: float
+    config: dict
+    timings: dict = field(default_factory=dict)
+
+
+def _step(timings, name):
+    class _Timer:
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+            log.info("  %s", name)
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.t0, 3)
+
+    return _Timer()
+
+
+def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_direction=(0.0, 0.0, 1.0),
+        mask=None, config=None, preset="default") -> PipelineResult:
+    """Run the QSM pipeline on arrays.
+
+    Parameters
+    ----------
+    magnitude : numpy.ndarray, shape (I, J, K, E) or (I, J, K), or None
+        Magnitude (needed for the automatic mask and magnitude weighting).
+    phase : numpy.ndarray, shape (I, J, K, E) or (I, J, K)
+        Wrapped phase in radians.
+    voxel_size : sequence of 3 float
+        mm.
+    echo_times : sequence of float
+        Seconds, one per echo.
+    field_strength : float
+        Tesla.
+    b0_direction : sequence of 3 float
+        B0 in voxel axes.
+    mask : numpy.ndarray of bool, optional
+        External brain mask (replaces the automatic one).
+    config : dict, optional
+        Resolved configuration (:func:`chimap.config.resolve`); default: ``preset``.
+    preset : str
+        Preset used when ``config`` is None.
+
+    Returns
+    -------
+    PipelineResult
+    """
+    cfg = config if config is not None else resolve(preset)
+    phase = np.asarray(phase)
+    if phase.ndim == 3:
+        phase = phase[..., None]
+    if phase.ndim != 4:
+        raise ValueError(f"phase must be 3-D or 4-D (echoes last), got shape {phase.shape}")
+    if magnitude is not None:
+        magnitude = np.asarray(magnitude)
+        if magnitude.ndim == 3:
+            magnitude = magnitude[..., None]
+        if magnitude.shape != phase.shape:
+            raise ValueError(f"magnitude shape {magnitude.shape} does not match phase shape {phase.shape}")
+    vs = check_voxel_size(voxel_size)
+    te = check_echo_times(echo_times, n_echoes=phase.shape[3])
+    b0t = check_field_strength(field_strength)
+    b0 = check_b0_direction(b0_direction)
+    if not np.all(np.isfinite(phase)):
+        raise ValueError("phase contains NaN or infinite values; mask them or replace them with 0")
+    if np.nanmax(np.abs(phase)) > np.pi + 1e-3:
+        raise ValueError(f"phase reaches {np.abs(phase).max():.4g}, outside [-pi, pi]: it is not in radians; "
+                         "rescale it (chimap run --phase-units ...)")
+    timings: dict = {}
+
+    with _step(timings, "mask"):
+        if mask is not None:
+            brain = np.asarray(mask).astype(bool)
+            if brain.shape != phase.shape[:3]:
+                raise ValueError(f"mask shape {brain.shape} does not match image shape {phase.shape[:3]}")
+        elif cfg["mask"]["method"] == "external":
+            raise ValueError("the configuration asks for an external mask: pass --mask MASK.nii.gz")
+        else:
+            if magnitude is None:
+                raise ValueError("an automatic brain mask needs the magnitude: pass --magnitude or --mask")
+            brain = method_function("mask", cfg["mask"]["method"])(
+                magnitude, None, vs, **step_kwargs(cfg, "mask"))
+        if not brain.any():
+            raise ValueError("the brain mask is empty: check the magnitude or pass --mask")
+
+    mag_weight = None
+    if magnitude is not None:
+        mag_weight = np.sqrt(np.mean(magnitude.astype(np.float32) ** 2, axis=3))
+
+    with _step(timings, "phase offsets"):
+        corrected = phase
+        if cfg["offsets"]["method"] == "mcpc3ds" and phase.shape[3] >= 2:
+            from .field.offsets import remove_phase_offset
+
+            offset = method_function("offsets", "mcpc3ds")(
+                phase, brain, vs, magnitude=magnitude, echo_times=te, **step_kwargs(cfg, "offsets"))
+            corrected = remove_phase_offset(phase, offset)
+
+    with _step(timings, "unwrapping"):
+        method = cfg["unwrap"]["method"]
+        kw = step_kwargs(cfg, "unwrap")
+        if method == "region_growing":
+            unwrapped = method_function("unwrap", method)(
+                corrected, brain, vs, echo_times=te, magnitude=magnitude, **kw)
+        else:
+            unwrapped = np.stack([method_function("unwrap", method)(corrected[..., e], brain, vs, **kw)
+                                  for e in range(phase.shape[3])], axis=3)
+
+    with _step(timings, "echo combination"):
+        result = method_function("combine", cfg["combine"]["method"])(
+            unwrapped, brain, vs, echo_times=te, magnitude=magnitude, field_strength=b0t,
+            **step_kwargs(cfg, "combine"))
+        total, reliability = result if isinstance(result, tuple) else (result, None)
+        total = np.where(brain, total, 0).astype(np.float32)
+
+    with _step(timings, "background removal"):
+        local, valid = method_function("background", cfg["background"]["method"])(
+            total, brain, vs, **_with_b0(cfg, "background", b0))
+        valid = valid & brain
+
+    with _step(timings, "dipole inversion"):
+        kw = step_kwargs(cfg, "invert")
+        weight_kind = cfg["invert"].get("weight", "none")
+        if cfg["invert"]["method"] != "tkd" and weight_kind != "none":
+            kw["weight"] = _inversion_weight(weight_kind, mag_weight, reliability, valid)
+        chi = method_function("invert", cfg["invert"]["method"])(local, valid, vs, b0_direction=b0, **kw)
+
+    with _step(timings, "referencing"):
+        region = cfg["reference"]["method"]
+        if region == "none":
+            offset_ppm = 0.0
+        elif region == "brain":
+            offset_ppm = float(chi[valid].mean())
+        else:
+            raise ValueError(f"reference {region!r} needs a region mask; use 'brain' or 'none'")
+        chi = np.where(valid, chi - np.float32(offset_ppm), 0).astype(np.float32)
+
+    return PipelineResult(chi=chi, mask=valid, brain_mask=brain, field=total,
+                          local_field=np.where(valid, local, 0).astype(np.float32),
+                          reliability=reliability, reference_offset=offset_ppm, config=cfg, timings=timings)
+
+
+def _with_b0(cfg, step, b0):
+    import inspect
+
+    kw = step_kwargs(cfg, step)
+    func = method_function(step, cfg[step]["method"])
+    if "b0_direction" in inspect.signature(func).parameters:
+        kw["b0_direction"] = b0
+    return kw
+
+
+def _inversion_weight(kind, magnitude, reliability, mask):
+    """Data-fidelity weight normalised to mean 1 in the mask."""
+    if kind == "magnitude":
+        if magnitude is None:
+            return None
+        w = magnitude.astype(np.float32)
+    elif kind == "reliability":
+        if reliability is None:
+            return None
+        w = 1.0 / np.maximum(reliability.astype(np.float32), np.float32(1e-6))
+    else:
+        raise ValueError(f"[invert] weight must be 'magnitude', 'reliability' or 'none', got {kind!r}")
+    w = np.where(mask, w, 0)
+    mean = float(w[mask].mean()) if mask.any() else 1.0
+    return (w / (mean or 1.0)).astype(np.float32)
+
+
+def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_strength=None, b0_direction=None,
+              mask=None, output, preset="default", config_file=None, overrides=None, phase_units="auto",
+              phase_sign=1, intermediates=None, argv=None) -> Path:
+    """Load inputs, run the pipeline and write ``chi.nii.gz``, ``mask.nii.gz`` and ``chimap.json``.
+
+    Every output is validated and written atomically; the output folder receives nothing when an
+    input is rejected.
+    """
+    from .io import load_multiecho, load_nifti, save_nifti, write_json
+    from .provenance import consensus_report
+
+    t0 = time.perf_counter()
+    cfg = resolve(preset, config_file=config_file, overrides=overrides)
+    mag, pha, acq = load_multiecho(phase=phase, magnitude=magnitude, json=json, echo_times=echo_times,
+                                   field_strength=field_strength, b0_direction=b0_direction,
+                                   phase_units=phase_units, phase_sign=phase_sign)
+    ext_mask = None
+    if mask is not None:
+        ext_mask, mask_affine, _ = load_nifti(mask)
+        if ext_mask.shape[:3] != pha.shape[:3]:
+            raise ValueError(f"mask shape {ext_mask.shape} does not match the images {pha.shape[:3]}")
+        ext_mask = ext_mask.reshape(pha.shape[:3]) > 0
+    log.info("chimap run: %s, %d echo(es), %.3g T, B0 (voxel axes) %s", pha.shape[:3], pha.shape[3],
+             acq.field_strength, np.round(acq.b0_direction, 4).tolist())
+    result = run(mag, pha, voxel_size=acq.voxel_size, echo_times=acq.echo_times,
+                 field_strength=acq.field_strength, b0_direction=acq.b0_direction, mask=ext_mask, config=cfg)
+    out = Path(output)
+    save_nifti(out / "chi.nii.gz", result.chi, acq.affine)
+    save_nifti(out / "mask.nii.gz", result.mask.astype(np.uint8), acq.affine)
+    want = cfg.get("output", {}).get("intermediates", False) if intermediates is None else intermediates
+    if want:
+        save_nifti(out / "field.nii.gz", result.field, acq.affine)
+        save_nifti(out / "local_field.nii.gz", result.local_field, acq.affine)
+        save_nifti(out / "brain_mask.nii.gz", result.brain_mask.astype(np.uint8), acq.affine)
+        if result.reliability is not None:
+            save_nifti(out / "field_reliability.nii.gz", np.asarray(result.reliability, np.float32), acq.affine)
+    timings = dict(result.timings, total=round(time.perf_counter() - t0, 3))
+    write_json(out / "chimap.json", {
+        "chimap_version": __version__,
+        "command": argv,
+        "inputs": {"phase": [str(p) for p in np.atleast_1d(phase)],
+                   "magnitude": None if magnitude is None else [str(p) for p in np.atleast_1d(magnitude)],
+                   "mask": None if mask is None else str(mask)},
+        "acquisition": acq.to_dict(),
+        "configuration": cfg,
+        "timings_s": timings,
+        "consensus_report": consensus_report(cfg, acq, result),
+        "environment": {"python": platform.python_version(), "numpy": np.__version__,
+                        "platform": platform.platform()},
+    })
+    return out
