@@ -1,0 +1,174 @@
+"""Receiver phase offsets: MCPC-3D-S estimation (Eckstein et al. MRM 2018;79:2996) and removal.
+
+The measured phase of echo ``e`` is ``phase_e = phi0 + 2 pi f TE_e`` (mod 2 pi) with ``phi0`` a
+smooth, echo-independent offset left by the transceiver and coil combination (monopolar
+readouts; bipolar gradient-delay correction is not implemented). Removing ``phi0`` makes the
+phase proportional to TE, which the through-origin fits of :mod:`chimap.field.combine` and the
+temporal unwrapping need.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..geometry import check_voxel_size
+from ..units import check_echo_times
+from .combine import _as_echo_array, _check_mask, _out_dtype
+
+__all__ = ["mcpc3ds", "remove_phase_offset", "wrap_phase"]
+
+
+def wrap_phase(phase):
+    """Wrap phase (rad) to ``[-pi, pi)``; returns a new array with the input's float dtype."""
+    p = np.asarray(phase)
+    out = np.mod(p.astype(np.float64) + np.pi, 2.0 * np.pi) - np.pi
+    return out.astype(_out_dtype(p))
+
+
+def _smooth_sigma_vox(sigma_mm, voxel_size):
+    s = np.asarray(sigma_mm, dtype=np.float64).ravel()
+    if s.size == 1:
+        s = np.repeat(s, 3)
+    if s.size != 3 or not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"sigma_mm must be one or three non-negative numbers (mm), got {s.tolist()}")
+    return s / voxel_size
+
+
+def mcpc3ds(phase, mask, voxel_size, *, magnitude=None, echo_times, echoes=(0, 1), sigma_mm=10.0,
+            unwrap=None):
+    """Estimate the receiver phase offset with MCPC-3D-S (Eckstein et al. MRM 2018;79:2996).
+
+    With echoes ``a`` and ``b`` (``dTE = TE_b - TE_a``):
+
+    1. the Hermitian product ``H = S_b conj(S_a)`` gives the phase evolution
+       ``dphi = angle(H) = 2 pi f dTE`` without the offset;
+    2. the field phase at ``TE_a`` is ``dphi * TE_a / dTE``; subtracting it from the phase of
+       echo ``a`` leaves the offset ``phi0``;
+    3. ``phi0`` is smoothed without unwrapping by Gaussian smoothing of the complex exponential
+       ``w exp(i phi0)`` (``w = sqrt(|S_a| |S_b|)`` inside ``mask``, 0 outside; as
+       ``mcpc3ds`` in ROMEO's MriResearchTools) with ``sigma_mm`` in millimetres on the
+       (possibly anisotropic) grid, and the angle taken.
+
+    Wraps of the echo difference. Step 2 assumes ``dphi`` is not wrapped, i.e.
+    ``|f| < 1 / (2 dTE)`` (71 Hz for dTE = 7 ms), as in the paper. Where it does wrap, ``phi0``
+    errs by ``2 pi TE_a / dTE`` per wrap; this vanishes modulo 2 pi when ``TE_a / dTE`` is an
+    integer (e.g. ``TE_b = 2 TE_a``, the paper's recommended timing). Otherwise pass ``unwrap``:
+    it is called as ``unwrap(dphi, mask, voxel_size)`` and must return the spatially unwrapped
+    difference (e.g. ``functools.partial(unwrap_region_growing, magnitude=...)``, as ROMEO
+    does); its result is shifted by the 2 pi multiple that makes the median wrap count in the
+    mask zero, so a global 2 pi ambiguity of the unwrapper does not bias the offset.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray, shape (I, J, K, E)
+        Wrapped phase in rad, two or more echoes.
+    mask : numpy.ndarray of bool, shape (I, J, K)
+        Voxels whose estimate is trusted (they weigh in the smoothing). The offset is returned
+        on the whole grid: near the mask it is the smoothed extrapolation, far from it (smoothed
+        weight below 1e-3 of its maximum) the raw estimate.
+    voxel_size : float or sequence of 3 float
+        mm.
+    magnitude : numpy.ndarray, optional
+        Same shape as ``phase``; weights of the smoothing (uniform without it).
+    echo_times : sequence of float
+        Seconds, one per echo.
+    echoes : pair of int
+        Zero-based indices of the two echoes used (default the first two, as the paper).
+    sigma_mm : float or sequence of 3 float
+        Standard deviation of the Gaussian smoothing in mm (default 10 mm, i.e. ROMEO's
+        ``sigma = [10, 10, 5]`` voxels at 1 x 1 x 2 mm). 0 disables smoothing.
+    unwrap : callable, optional
+        Spatial unwrapper for the echo difference, see above.
+
+    Returns
+    -------
+    numpy.ndarray, shape (I, J, K)
+        Phase offset ``phi0`` in rad, wrapped to ``[-pi, pi)``, dtype of ``phase``. Remove it
+        with :func:`remove_phase_offset`.
+    """
+    vs = check_voxel_size(voxel_size)
+    p4 = _as_echo_array(phase, "phase")
+    if np.ndim(phase) != 4 or p4.shape[-1] < 2:
+        raise ValueError(f"MCPC-3D-S needs two or more echoes with shape (I, J, K, E), got {np.shape(phase)}")
+    te = check_echo_times(echo_times, n_echoes=p4.shape[-1])
+    m = _check_mask(mask, p4.shape[:3])
+    try:
+        ea, eb = (int(e) for e in echoes)
+    except (TypeError, ValueError):
+        raise ValueError(f"echoes must be two echo indices, got {echoes!r}") from None
+    n_e = p4.shape[-1]
+    if not (0 <= ea < n_e and 0 <= eb < n_e) or ea == eb:
+        raise ValueError(f"echoes must be two different zero-based indices below {n_e}, got {echoes!r}")
+    dte = te[eb] - te[ea]
+    if dte <= 0:
+        raise ValueError(f"echo {eb} must come after echo {ea} (TE {te[eb]} s vs {te[ea]} s)")
+    sig = _smooth_sigma_vox(sigma_mm, vs)
+
+    pa = p4[..., ea].astype(np.float64)
+    pb = p4[..., eb].astype(np.float64)
+    if not (np.all(np.isfinite(pa[m])) and np.all(np.isfinite(pb[m]))):
+        raise ValueError("phase contains NaN or inf inside the mask")
+    if magnitude is None:
+        weight = np.ones(pa.shape)
+    else:
+        m4 = _as_echo_array(magnitude, "magnitude")
+        if m4.shape != p4.shape:
+            raise ValueError(f"magnitude has shape {np.shape(magnitude)} but phase has shape {p4.shape}")
+        ma = m4[..., ea].astype(np.float64)
+        mb = m4[..., eb].astype(np.float64)
+        if not (np.all(np.isfinite(ma[m])) and np.all(np.isfinite(mb[m]))):
+            raise ValueError("magnitude contains NaN or inf inside the mask")
+        if np.any(ma[m] < 0) or np.any(mb[m] < 0):
+            raise ValueError("magnitude must be non-negative")
+        weight = np.sqrt(np.abs(ma * mb))
+    weight = np.where(m, np.nan_to_num(weight), 0.0)
+
+    dphi = np.angle(np.exp(1j * (pb - pa)))  # angle of the Hermitian product
+    if unwrap is not None:
+        if not callable(unwrap):
+            raise ValueError("unwrap must be a callable unwrap(phase, mask, voxel_size) or None")
+        dphi_u = np.asarray(unwrap(dphi.astype(_out_dtype(p4)), m, vs), dtype=np.float64)
+        if dphi_u.shape != dphi.shape:
+            raise ValueError(f"unwrap returned shape {dphi_u.shape}, expected {dphi.shape}")
+        if m.any():
+            k = np.round((dphi_u[m] - dphi[m]) / (2 * np.pi))
+            dphi_u = dphi_u - 2 * np.pi * np.median(k).round()
+        dphi = np.where(m, dphi_u, dphi)
+    raw = pa - dphi * (te[ea] / dte)  # phase of echo a minus its field phase
+
+    if np.all(sig == 0) or not m.any():
+        return wrap_phase(raw).astype(_out_dtype(p4))
+    z = np.where(m, weight * np.exp(1j * np.where(m, raw, 0.0)), 0.0)  # NaN outside the mask stays out
+    kw = {"sigma": sig, "mode": "constant", "cval": 0.0, "truncate": 3.0}
+    zs = ndimage.gaussian_filter(z.real, **kw) + 1j * ndimage.gaussian_filter(z.imag, **kw)
+    ws = ndimage.gaussian_filter(weight, **kw)
+    offset = np.where(ws > 1e-3 * ws.max(), np.angle(zs), raw)
+    return wrap_phase(offset).astype(_out_dtype(p4))
+
+
+def remove_phase_offset(phase, offset):
+    """Subtract a phase offset from every echo and re-wrap to ``[-pi, pi)``.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray, shape (I, J, K, E) or (I, J, K)
+        Phase in rad.
+    offset : numpy.ndarray, shape (I, J, K)
+        Offset in rad (e.g. from :func:`mcpc3ds`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``wrap(phase - offset)``, same shape and (float) dtype as ``phase``; a new array.
+    """
+    p = np.asarray(phase)
+    o = np.asarray(offset)
+    if p.ndim not in (3, 4):
+        raise ValueError(f"phase must have shape (I, J, K, E) or (I, J, K), got {p.shape}")
+    if o.shape != p.shape[:3]:
+        raise ValueError(f"offset has shape {o.shape} but the phase's spatial shape is {p.shape[:3]}")
+    oo = o.astype(np.float64)
+    if p.ndim == 4:
+        oo = oo[..., None]
+    return wrap_phase(p.astype(np.float64) - oo).astype(_out_dtype(p))
