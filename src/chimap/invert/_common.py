@@ -1,0 +1,166 @@
+"""Input validation and the padded computation domain shared by the dipole inversions (private).
+
+Every inversion works on the bounding box of the mask, zero padded on every axis to at least
+``pad_factor`` times the box length (an FFT-friendly size, :func:`chimap.forward.padded_shape`).
+The field is set to zero outside the mask before any FFT, so cropping to the box only removes
+zeros; the padding keeps the periodic images of the long-range dipole (and of its inverse) from
+wrapping back into the brain. The result is put back into an array of the input's shape and
+set to zero outside the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..forward import padded_shape
+from ..geometry import check_b0_direction, check_voxel_size
+
+__all__ = ["Domain", "check_inversion_inputs", "check_positive", "check_weight"]
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where an inversion computes: the mask's bounding box inside a zero-padded FFT grid.
+
+    Attributes
+    ----------
+    shape : tuple of 3 int
+        Shape of the input arrays.
+    box : tuple of 3 slice
+        Bounding box of the mask in the input arrays.
+    padded : tuple of 3 int
+        Shape of the FFT grid; the box sits at its origin (zeros follow on every axis).
+    dtype : numpy.dtype
+        Floating dtype of the computation (that of the input field).
+    """
+
+    shape: tuple
+    box: tuple
+    padded: tuple
+    dtype: np.dtype
+
+    @classmethod
+    def from_mask(cls, mask, pad_factor, dtype):
+        idx = np.argwhere(mask)
+        lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        padded = padded_shape(tuple(int(b - a) for a, b in zip(lo, hi)), pad_factor)
+        return cls(tuple(mask.shape), box, padded, np.dtype(dtype))
+
+    @property
+    def box_shape(self) -> tuple:
+        return tuple(s.stop - s.start for s in self.box)
+
+    def pad(self, x) -> np.ndarray:
+        """Copy the box of ``x`` (input shape) into a new zero array of the padded shape."""
+        out = np.zeros(self.padded, dtype=self.dtype)
+        b = self.box_shape
+        out[: b[0], : b[1], : b[2]] = x[self.box]
+        return out
+
+    def unpad(self, x, mask) -> np.ndarray:
+        """Crop a padded array back to the input shape, zero outside ``mask``."""
+        out = np.zeros(self.shape, dtype=self.dtype)
+        b = self.box_shape
+        out[self.box] = x[: b[0], : b[1], : b[2]]
+        out[~mask] = 0
+        return out
+
+
+def check_positive(value, name: str, *, allow_none: bool = False, integer: bool = False):
+    """Return ``value`` as a positive finite float (or int), else raise a ValueError naming it."""
+    if value is None and allow_none:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    if integer:
+        if v != int(v):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        return int(v)
+    return v
+
+
+def check_inversion_inputs(local_field, mask, voxel_size, b0_direction, pad_factor):
+    """Validate the common inputs of a dipole inversion.
+
+    Returns
+    -------
+    field : numpy.ndarray
+        The local field (ppm) in its floating dtype (float64 for integer input), zero outside
+        the mask (a copy; the input is never modified). NaN/inf outside the mask are allowed
+        and ignored, like every value there.
+    mask : numpy.ndarray of bool
+    voxel_size : numpy.ndarray, shape (3,)
+    b0_direction : numpy.ndarray, shape (3,), unit norm
+    domain : Domain
+
+    Raises
+    ------
+    ValueError
+        Wrong dimensionality or dtype, shape mismatch, empty mask, NaN/inf inside the mask,
+        invalid voxel size, B0 direction or padding factor.
+    """
+    f = np.asarray(local_field)
+    if f.ndim != 3:
+        raise ValueError(f"local_field must be a 3-D array (I, J, K), got shape {f.shape}")
+    if f.dtype == bool or np.issubdtype(f.dtype, np.complexfloating) or not np.issubdtype(
+        f.dtype, np.number
+    ):
+        raise ValueError(f"local_field must be a real array (ppm), got dtype {f.dtype}")
+    if not np.issubdtype(f.dtype, np.floating) or f.dtype.itemsize < 4:
+        f = f.astype(np.float64)
+    if mask is None:
+        raise ValueError("mask is required: pass the (eroded) brain mask of the local field")
+    m = np.asarray(mask)
+    if m.shape != f.shape:
+        raise ValueError(f"mask shape {m.shape} does not match local_field shape {f.shape}")
+    if m.dtype != bool:
+        if not np.issubdtype(m.dtype, np.number) or not np.all(np.isfinite(m)):
+            raise ValueError("mask must be boolean or numeric without NaN")
+        m = m != 0
+    if not m.any():
+        raise ValueError("mask is empty: there is no voxel to invert")
+    if not np.all(np.isfinite(f[m])):
+        n_bad = int(np.count_nonzero(~np.isfinite(f[m])))
+        raise ValueError(
+            f"local_field holds {n_bad} NaN/inf value(s) inside the mask; fix them or exclude "
+            "those voxels from the mask"
+        )
+    vs = check_voxel_size(voxel_size)
+    b = check_b0_direction(b0_direction)
+    field = np.where(m, f, f.dtype.type(0))
+    domain = Domain.from_mask(m, pad_factor, f.dtype)
+    return field, m, vs, b, domain
+
+
+def check_weight(weight, mask, dtype):
+    """Validate a data-fidelity weight and normalise it to unit root-mean-square in the mask.
+
+    Returns a ``dtype`` array that is zero outside ``mask``. Raises ValueError for a shape
+    mismatch, NaN/inf or negative values inside the mask, or a weight that is zero everywhere
+    in the mask.
+    """
+    w = np.asarray(weight)
+    if w.shape != mask.shape:
+        raise ValueError(f"weight shape {w.shape} does not match local_field shape {mask.shape}")
+    if w.dtype == bool:
+        w = w.astype(np.float64)
+    if not np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.complexfloating):
+        raise ValueError(f"weight must be a real array, got dtype {w.dtype}")
+    wm = w[mask].astype(np.float64)
+    if not np.all(np.isfinite(wm)):
+        raise ValueError("weight holds NaN/inf inside the mask")
+    if np.any(wm < 0):
+        raise ValueError("weight must be non-negative")
+    rms = float(np.sqrt(np.mean(wm * wm)))
+    if rms == 0.0:
+        raise ValueError("weight is zero everywhere inside the mask")
+    out = np.zeros(mask.shape, dtype=dtype)
+    out[mask] = (wm / rms).astype(dtype)
+    return out
