@@ -31,6 +31,7 @@ CASES = {
 TEXTBOOK = """
 [unwrap]
 method = "laplacian"
+formula = "sincos"
 [background]
 method = "vsharp"
 [invert]

@@ -14,7 +14,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["STEPS", "load_preset", "load_config", "merge", "validate", "resolve", "available_presets", "to_toml"]
+__all__ = ["STEPS", "expand_defaults", "load_preset", "load_config", "merge", "validate", "resolve", "available_presets", "to_toml"]
 
 #: step -> method -> "module:function"
 STEPS: dict[str, dict[str, str]] = {
@@ -65,10 +65,19 @@ PIPELINE_KEYS = {
     "output": {"intermediates"},
 }
 
+#: Allowed values of the pipeline keys that take a fixed set of values.
+PIPELINE_VALUES = {
+    ("mask", "quality"): ("phase", "none"),
+    ("invert", "weight"): ("magnitude", "reliability", "none"),
+    ("output", "intermediates"): (True, False),
+    ("background", "use_reliability"): (True, False),
+}
+
 #: Arguments the pipeline passes itself (never set from a configuration).
 _SUPPLIED = {"phase", "phases", "magnitude", "mask", "voxel_size", "echo_times", "field_strength",
              "b0_direction", "total_field", "local_field", "field", "weight", "weights",
-             "phase_unwrapped", "data", "noise", "chi"}
+             "phase_unwrapped", "data", "noise", "chi", "unwrap", "phase_offset", "template",
+             "return_info", "return_residual"}
 
 
 def available_presets() -> list[str]:
@@ -136,6 +145,8 @@ def validate(config: dict) -> dict:
             if bad:
                 raise ValueError(f"unknown key(s) {sorted(bad)} in [output]; known: {sorted(PIPELINE_KEYS['output'])}")
             continue
+        if not isinstance(table, dict):
+            raise ValueError(f"configuration entry {step!r} must be a table ([{step}])")
         method = table.get("method")
         if method not in STEPS[step]:
             raise ValueError(f"[{step}] method {method!r} is unknown; choose from {', '.join(STEPS[step])}")
@@ -148,6 +159,9 @@ def validate(config: dict) -> dict:
         if bad:
             raise ValueError(f"unknown key(s) {sorted(bad)} in [{step}] for method {method!r}; "
                              f"accepted: {', '.join(sorted(allowed))}")
+    for (step, key), values in PIPELINE_VALUES.items():
+        if key in config.get(step, {}) and config[step][key] not in values:
+            raise ValueError(f"[{step}] {key} = {config[step][key]!r} is not one of {list(values)}")
     return config
 
 
@@ -159,6 +173,22 @@ def resolve(preset: str = "default", *, config_file=None, overrides: dict | None
     if overrides:
         cfg = merge(cfg, overrides)
     return validate(cfg)
+
+
+def expand_defaults(config: dict) -> dict:
+    """A copy of ``config`` with every keyword default of each step's function filled in, so that
+    the printed and recorded configuration reproduces a run exactly."""
+    out = copy.deepcopy(config)
+    for step, table in out.items():
+        if step not in STEPS:
+            continue
+        func = method_function(step, table["method"])
+        if func is None:
+            continue
+        for name, p in inspect.signature(func).parameters.items():
+            if p.kind == p.KEYWORD_ONLY and name not in _SUPPLIED and p.default is not inspect.Parameter.empty:
+                table.setdefault(name, list(p.default) if isinstance(p.default, tuple) else p.default)
+    return out
 
 
 def step_kwargs(config: dict, step: str) -> dict:
@@ -182,6 +212,7 @@ def to_toml(config: dict) -> str:
     lines = []
     for step, table in config.items():
         lines.append(f"[{step}]")
-        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+        # TOML has no null: a None default is shown as a comment
+        lines += [f"# {k} = (none)" if v is None else f"{k} = {value(v)}" for k, v in table.items()]
         lines.append("")
     return "\n".join(lines)

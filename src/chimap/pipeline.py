@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .config import method_function, resolve, step_kwargs
+from .config import expand_defaults, method_function, resolve, step_kwargs
+from .reference import csf_mask_from_r2star, reference_chi
 from .geometry import check_b0_direction, check_voxel_size
 from .units import check_echo_times, check_field_strength
 
@@ -137,8 +138,15 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
         else:
             if magnitude is None:
                 raise ValueError("an automatic brain mask needs the magnitude: pass --magnitude or --mask")
-            brain = method_function("mask", cfg["mask"]["method"])(
-                magnitude, None, vs, **step_kwargs(cfg, "mask"))
+            kw = step_kwargs(cfg, "mask")
+            if cfg["mask"].get("quality", "phase") == "phase":
+                from .mask import phase_quality
+
+                # low phase quality marks skull, sinus and vessel edges whose strong sources
+                # would otherwise enter the mask and corrupt background removal
+                kw["quality"] = phase_quality(phase, None, vs, magnitude=magnitude,
+                                              echo_times=te if phase.shape[3] > 1 else None)
+            brain = method_function("mask", cfg["mask"]["method"])(magnitude, None, vs, **kw)
         if not brain.any():
             raise ValueError("the brain mask is empty: check the magnitude or pass --mask")
 
@@ -186,17 +194,27 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
 
     with _step(timings, "referencing"):
         region = cfg["reference"]["method"]
-        if region == "none":
-            offset_ppm = 0.0
-        elif region == "brain":
-            offset_ppm = float(chi[valid].mean())
-        else:
-            raise ValueError(f"reference {region!r} needs a region mask; use 'brain' or 'none'")
-        chi = np.where(valid, chi - np.float32(offset_ppm), 0).astype(np.float32)
+        offset_ppm = 0.0
+        if region == "brain":
+            chi, offset_ppm = reference_chi(chi, valid, region="brain")
+        elif region == "csf":
+            if magnitude is None or magnitude.shape[3] < 2:
+                raise ValueError("a CSF reference needs multi-echo magnitude (R2* map); use reference 'brain'")
+            csf = csf_mask_from_r2star(_r2star(magnitude, te, valid), valid, vs)
+            chi, offset_ppm = reference_chi(chi, valid, region=csf)
+        chi = np.where(valid, chi, 0).astype(np.float32)
 
     return PipelineResult(chi=chi, mask=valid, brain_mask=brain, field=total,
                           local_field=np.where(valid, local, 0).astype(np.float32),
                           reliability=reliability, reference_offset=offset_ppm, config=cfg, timings=timings)
+
+
+def _r2star(magnitude, echo_times, mask):
+    """Log-linear R2* fit (1/s) over echoes, for the CSF reference."""
+    logm = np.log(np.maximum(magnitude.astype(np.float64), 1e-12))
+    t = np.asarray(echo_times) - np.mean(echo_times)
+    slope = np.tensordot(logm - logm.mean(axis=3, keepdims=True), t, axes=([3], [0])) / np.dot(t, t)
+    return np.where(mask, -slope, 0).astype(np.float32)
 
 
 def _with_b0(cfg, step, b0):
@@ -270,7 +288,7 @@ def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_streng
                    "magnitude": None if magnitude is None else [str(p) for p in np.atleast_1d(magnitude)],
                    "mask": None if mask is None else str(mask)},
         "acquisition": acq.to_dict(),
-        "configuration": cfg,
+        "configuration": expand_defaults(cfg),
         "timings_s": timings,
         "consensus_report": consensus_report(cfg, acq, result),
         "environment": {"python": platform.python_version(), "numpy": np.__version__,

@@ -39,10 +39,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ..config import resolve, to_toml
+    from ..config import expand_defaults, resolve, to_toml
 
     if args.print_config:
-        print(to_toml(resolve(args.preset, config_file=args.config)))
+        print(to_toml(expand_defaults(resolve(args.preset, config_file=args.config))))
         return 0
     if not args.output:
         raise ValueError("give an output folder with -o OUT_DIR")

@@ -128,7 +128,7 @@ def _check_aux(a, shape, mask, name, *, nonnegative=False):
 # --------------------------------------------------------------------------- Laplacian unwrapping
 
 
-def _wrapped_laplacian(p, mask, vs, method):
+def _wrapped_laplacian(p, mask, vs, formula):
     """7-point Laplacian of the true phase from wrapped differences, Neumann at the mask boundary."""
     lap = np.zeros(p.shape, dtype=np.float64)
     for ax in range(3):
@@ -139,7 +139,7 @@ def _wrapped_laplacian(p, mask, vs, method):
         lo[ax], hi[ax] = slice(0, -1), slice(1, None)
         lo, hi = tuple(lo), tuple(hi)
         d = p[hi] - p[lo]
-        g = np.sin(d) if method == "sincos" else wrap(d)
+        g = np.sin(d) if formula == "sincos" else wrap(d)
         g *= mask[hi] & mask[lo]
         g /= vs[ax] ** 2
         lap[lo] += g
@@ -174,14 +174,14 @@ def _poisson_zero_padded(f, vs, pad_width):
     return u[tuple(slice(w, w + n) for n, w in zip(f.shape, pad_width))]
 
 
-def unwrap_laplacian(phase, mask, voxel_size, *, pad="mirror", pad_width=None, method="sincos",
+def unwrap_laplacian(phase, mask, voxel_size, *, pad="mirror", pad_width=None, formula="wrapped",
                      iterations=10, tol=1e-3):
     """Laplacian-based phase unwrapping (Schofield & Zhu 2003; Li et al. 2011).
 
     The Laplacian of the true phase follows from the wrapped phase as
     ``cos(phi) * lap(sin(phi)) - sin(phi) * lap(cos(phi))``; with the 7-point stencil this equals
-    ``sum_n sin(phi_n - phi_0) / h_n**2`` over the six neighbours (``method='sincos'``).
-    ``method='wrapped'`` uses ``wrap(phi_n - phi_0)`` instead (the unweighted least-squares
+    ``sum_n sin(phi_n - phi_0) / h_n**2`` over the six neighbours (``formula='sincos'``).
+    ``formula='wrapped'`` (default) uses ``wrap(phi_n - phi_0)`` instead (the unweighted least-squares
     unwrapping of Ghiglia & Romero), which does not shrink large gradients. Only neighbour pairs
     inside ``mask`` contribute (Neumann boundary at the mask edge). The Poisson equation is then
     inverted on the physical grid (discrete Laplacian symbol divided by the voxel sizes squared).
@@ -200,7 +200,7 @@ def unwrap_laplacian(phase, mask, voxel_size, *, pad="mirror", pad_width=None, m
         ``'zero'``: periodic FFT solve on a grid zero-padded by ``pad_width`` voxels per side.
     pad_width : int or sequence of 3 int, optional
         Zero padding per side for ``pad='zero'`` (default: half of each axis length).
-    method : {'sincos', 'wrapped'}
+    formula : {'wrapped', 'sincos'}
         Laplacian estimate, see above.
     iterations : int
         With a mask, the box solve does not invert the mask-restricted Laplacian exactly; up to
@@ -224,7 +224,7 @@ def unwrap_laplacian(phase, mask, voxel_size, *, pad="mirror", pad_width=None, m
     ------
     ValueError
         For complex or non-3-D phase, a mask of another shape or empty, non-finite phase inside
-        the mask, invalid voxel sizes, or unknown ``pad`` / ``method``.
+        the mask, invalid voxel sizes, or unknown ``pad`` / ``formula``.
     """
     p, out_dtype = _check_phase(phase)
     m = _check_mask(mask, p.shape)
@@ -232,12 +232,12 @@ def unwrap_laplacian(phase, mask, voxel_size, *, pad="mirror", pad_width=None, m
     _check_finite(p, m, "phase")
     if pad not in ("mirror", "zero"):
         raise ValueError(f"pad must be 'mirror' or 'zero', got {pad!r}")
-    if method not in ("sincos", "wrapped"):
-        raise ValueError(f"method must be 'sincos' or 'wrapped', got {method!r}")
+    if formula not in ("sincos", "wrapped"):
+        raise ValueError(f"formula must be 'sincos' or 'wrapped', got {formula!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
     p64 = np.where(m, p, 0).astype(np.float64)
-    f = _wrapped_laplacian(p64, m, vs, method)
+    f = _wrapped_laplacian(p64, m, vs, formula)
     if pad == "mirror":
         def solve(r):
             return _poisson_neumann(r, vs)
