@@ -1,16 +1,16 @@
 """Field mapping: phase-offset removal, unwrapping and echo combination (phase in rad -> field).
 
-- :mod:`chimap.field.offsets`: MCPC-3D-S phase offsets, wrapping helpers.
+- :mod:`chimap.field.offsets`: MCPC-3D-S phase offsets.
 - :mod:`chimap.field.unwrap`: Laplacian, region-growing and temporal unwrapping.
 - :mod:`chimap.field.combine`: weighted linear fit, weighted echo average and nonlinear complex fit.
 """
 
 from .combine import fit_field_complex, fit_field_linear, weighted_echo_average
-from .offsets import mcpc3ds, remove_phase_offset, wrap_phase
+from .offsets import mcpc3ds, remove_phase_offset
 from .unwrap import unwrap_laplacian, unwrap_region_growing, unwrap_temporal, wrap
 
 __all__ = [
-    "mcpc3ds", "remove_phase_offset", "wrap_phase", "wrap",
+    "mcpc3ds", "remove_phase_offset", "wrap",
     "unwrap_laplacian", "unwrap_region_growing", "unwrap_temporal",
     "fit_field_linear", "weighted_echo_average", "fit_field_complex",
 ]

@@ -15,15 +15,9 @@ from scipy import ndimage
 from ..geometry import check_voxel_size
 from ..units import check_echo_times
 from .combine import _as_echo_array, _check_mask, _out_dtype
+from .unwrap import wrap
 
-__all__ = ["mcpc3ds", "remove_phase_offset", "wrap_phase"]
-
-
-def wrap_phase(phase):
-    """Wrap phase (rad) to ``[-pi, pi)``; returns a new array with the input's float dtype."""
-    p = np.asarray(phase)
-    out = np.mod(p.astype(np.float64) + np.pi, 2.0 * np.pi) - np.pi
-    return out.astype(_out_dtype(p))
+__all__ = ["mcpc3ds", "remove_phase_offset"]
 
 
 def _smooth_sigma_vox(sigma_mm, voxel_size):
@@ -138,13 +132,13 @@ def mcpc3ds(phase, mask, voxel_size, *, magnitude=None, echo_times, echoes=(0, 1
     raw = pa - dphi * (te[ea] / dte)  # phase of echo a minus its field phase
 
     if np.all(sig == 0) or not m.any():
-        return wrap_phase(raw).astype(_out_dtype(p4))
+        return wrap(raw).astype(_out_dtype(p4))
     z = np.where(m, weight * np.exp(1j * np.where(m, raw, 0.0)), 0.0)  # NaN outside the mask stays out
     kw = {"sigma": sig, "mode": "constant", "cval": 0.0, "truncate": 3.0}
     zs = ndimage.gaussian_filter(z.real, **kw) + 1j * ndimage.gaussian_filter(z.imag, **kw)
     ws = ndimage.gaussian_filter(weight, **kw)
     offset = np.where(ws > 1e-3 * ws.max(), np.angle(zs), raw)
-    return wrap_phase(offset).astype(_out_dtype(p4))
+    return wrap(offset).astype(_out_dtype(p4))
 
 
 def remove_phase_offset(phase, offset):
@@ -171,4 +165,4 @@ def remove_phase_offset(phase, offset):
     oo = o.astype(np.float64)
     if p.ndim == 4:
         oo = oo[..., None]
-    return wrap_phase(p.astype(np.float64) - oo).astype(_out_dtype(p))
+    return wrap(p.astype(np.float64) - oo).astype(_out_dtype(p))
