@@ -50,13 +50,16 @@ def test_run_bids_default(sim, tmp_path):
     assert chi.dtype == np.float32 and mask.any() and np.all(chi[~mask] == 0)
     nrmse, slope = _nrmse(chi, mask, sim)
     print(f"3 mm default pipeline: NRMSE {nrmse:.1f} %, slope {slope:.3f}")
-    # 3 mm head, own mask: measured NRMSE 80.5 %, slope 0.64 (coarse 3 mm voxels and boundary
+    # 3 mm head, own mask: measured NRMSE 56.1 %, slope 0.71 (coarse 3 mm voxels and boundary
     # losses of background removal; the 1 mm accuracy is measured by benchmarks/bench_pipeline.py).
     # The bounds catch regressions such as a sign or unit error (NRMSE > 100 %, slope <= 0).
-    assert nrmse < 95 and 0.3 < slope < 1.3
+    assert nrmse < 75 and 0.4 < slope < 1.3
     record = json.loads((out / "chimap.json").read_text())
     rep = record["consensus_report"]
-    assert rep["consensus_compliant"] is True and rep["units"] == "ppm"
+    assert rep["units"] == "ppm"
+    # the default deviates from the consensus in one documented place: LBV background removal
+    failed = [k for k, ok in rep["consensus_checks"].items() if not ok]
+    assert failed == ["background field removal by the SHARP family or PDF"]
     assert record["configuration"]["invert"]["alpha"] > 0  # defaults recorded
     assert abs(float(chi[mask].mean())) < 1e-4  # referenced to the whole brain
     assert not (out / "field.nii.gz").exists()
@@ -95,11 +98,19 @@ def test_ignoring_b0_tilt_is_worse():
     assert err(bad) > err(good) + 0.05  # measured gap ~0.2
 
 
+def test_consensus_preset_is_compliant(sim, tmp_path):
+    out = tmp_path / "cons"
+    assert cli.main(["-q", "run", "--bids", str(_anat(sim)), "-o", str(out), "--preset", "consensus"]) == 0
+    rep = json.loads((out / "chimap.json").read_text())["consensus_report"]
+    assert rep["consensus_compliant"] is True
+    assert "V-SHARP" in rep["methods_paragraph"]
+
+
 def test_print_config_round_trips(capsys):
     assert cli.main(["run", "--print-config"]) == 0
     cfg = tomllib.loads(capsys.readouterr().out)
     validate(cfg)
-    assert cfg["invert"]["method"] == "tv_admm"
+    assert cfg["invert"]["method"] == "tv_admm_wh"
 
 
 def test_config_rejects_unknown_keys(tmp_path):

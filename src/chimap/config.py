@@ -45,6 +45,7 @@ STEPS: dict[str, dict[str, str]] = {
     "invert": {
         "tkd": "chimap.invert:tkd",
         "tv_admm": "chimap.invert:tv_admm",
+        "tv_admm_wh": "chimap.invert:tv_admm_wh",
     },
     "reference": {
         "brain": "",
@@ -59,7 +60,7 @@ PIPELINE_KEYS = {
     "offsets": {"method"},
     "unwrap": {"method"},
     "combine": {"method"},
-    "background": {"method", "use_reliability"},
+    "background": {"method", "use_reliability", "erode_mm"},
     "invert": {"method", "weight"},
     "reference": {"method"},
     "output": {"intermediates"},
@@ -77,7 +78,7 @@ PIPELINE_VALUES = {
 _SUPPLIED = {"phase", "phases", "magnitude", "mask", "voxel_size", "echo_times", "field_strength",
              "b0_direction", "total_field", "local_field", "field", "weight", "weights",
              "phase_unwrapped", "data", "noise", "chi", "unwrap", "phase_offset", "template",
-             "return_info", "return_residual"}
+             "return_info", "return_residual", "return_harmonic", "harmonic_mask"}
 
 
 def available_presets() -> list[str]:

@@ -184,6 +184,15 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
         local, valid = method_function("background", cfg["background"]["method"])(
             total, brain, vs, **_with_b0(cfg, "background", b0))
         valid = valid & brain
+        erode = float(cfg["background"].get("erode_mm", 0.0))
+        if erode > 0:
+            from .mask import erode_mm
+
+            # the outermost layer keeps the largest background-removal errors
+            valid = erode_mm(valid, vs, radius_mm=erode)
+        if not valid.any():
+            raise ValueError("no voxel is left after background removal: the brain mask is too small "
+                             "for this method/erosion (try [background] erode_mm = 0)")
 
     with _step(timings, "dipole inversion"):
         kw = step_kwargs(cfg, "invert")

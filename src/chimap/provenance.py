@@ -30,6 +30,8 @@ _NAMES = {
     "lbv": "LBV (Zhou et al. NMR Biomed 2014)",
     "tkd": "truncated k-space division (Shmueli et al. MRM 2009)",
     "tv_admm": "total-variation regularised inversion by ADMM (Bilgic et al. MRM 2014; Milovic et al. MRM 2018)",
+    "tv_admm_wh": "total-variation regularised inversion with weak-harmonic background correction by ADMM "
+                  "(Milovic et al. MRM 2019)",
     "brain": "mean over the whole brain mask",
     "none": "none",
 }
@@ -43,7 +45,7 @@ CONSENSUS_CHECKS = {
     "background field removal by the SHARP family or PDF":
         lambda c: c["background"]["method"] in ("vsharp", "sharp", "resharp", "ismv", "pdf"),
     "sparsity-regularised (TV/L1) dipole inversion":
-        lambda c: c["invert"]["method"] in ("tv_admm",),
+        lambda c: c["invert"]["method"] in ("tv_admm", "tv_admm_wh"),
     "reference region specified (whole brain recommended)":
         lambda c: c["reference"]["method"] != "none",
 }

@@ -4,6 +4,8 @@
 :func:`tkd`            truncated k-space division (Shmueli 2009, Wharton 2010)
 :func:`tv_admm`        total-variation regularised inversion with ADMM (FANSI weighted linear
                        TV, Milovic 2018; closed-form variant of Bilgic 2014)
+:func:`tv_admm_wh`     TV inversion with a jointly fitted residual harmonic field (weak-harmonic
+                       QSM, Milovic 2019): absorbs background left by background removal
 =====================  ==========================================================================
 
 Every inversion takes ``(local_field, mask, voxel_size, *, b0_direction, ...)``, works on the
@@ -38,5 +40,7 @@ noise of a 4-echo 3 T acquisition at SNR 100. On a sphere (chi 0.1 ppm, radius 1
 
 from .tkd import tkd, truncated_inverse_kernel
 from .tv import DEFAULT_ALPHA, tv_admm
+from .tv_wh import DEFAULT_WH_BETA, tv_admm_wh
 
-__all__ = ["DEFAULT_ALPHA", "tkd", "truncated_inverse_kernel", "tv_admm"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_WH_BETA", "tkd", "truncated_inverse_kernel", "tv_admm",
+           "tv_admm_wh"]
