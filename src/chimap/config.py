@@ -33,6 +33,7 @@ STEPS: dict[str, dict[str, str]] = {
     "combine": {
         "linear_fit": "chimap.field.combine:fit_field_linear",
         "weighted_average": "chimap.field.combine:weighted_echo_average",
+        "complex_fit": "chimap.field.combine:fit_field_complex",
     },
     "background": {
         "vsharp": "chimap.background:vsharp",
@@ -56,7 +57,7 @@ STEPS: dict[str, dict[str, str]] = {
 
 #: Keys of a step that configure the pipeline itself, not the algorithm.
 PIPELINE_KEYS = {
-    "mask": {"method", "quality"},
+    "mask": {"method", "quality", "two_pass"},
     "offsets": {"method"},
     "unwrap": {"method"},
     "combine": {"method"},
@@ -69,6 +70,7 @@ PIPELINE_KEYS = {
 #: Allowed values of the pipeline keys that take a fixed set of values.
 PIPELINE_VALUES = {
     ("mask", "quality"): ("phase", "none"),
+    ("mask", "two_pass"): (True, False),
     ("invert", "weight"): ("magnitude", "reliability", "none"),
     ("output", "intermediates"): (True, False),
     ("background", "use_reliability"): (True, False),

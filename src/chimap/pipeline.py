@@ -140,12 +140,9 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
                 raise ValueError("an automatic brain mask needs the magnitude: pass --magnitude or --mask")
             kw = step_kwargs(cfg, "mask")
             if cfg["mask"].get("quality", "phase") == "phase":
-                from .mask import phase_quality
-
                 # low phase quality marks skull, sinus and vessel edges whose strong sources
                 # would otherwise enter the mask and corrupt background removal
-                kw["quality"] = phase_quality(phase, None, vs, magnitude=magnitude,
-                                              echo_times=te if phase.shape[3] > 1 else None)
+                kw["quality"] = _phase_quality(phase, magnitude, vs, te)
             brain = method_function("mask", cfg["mask"]["method"])(magnitude, None, vs, **kw)
         if not brain.any():
             raise ValueError("the brain mask is empty: check the magnitude or pass --mask")
@@ -163,23 +160,88 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
                 phase, brain, vs, magnitude=magnitude, echo_times=te, **step_kwargs(cfg, "offsets"))
             corrected = remove_phase_offset(phase, offset)
 
+    combine = cfg["combine"]["method"]
     with _step(timings, "unwrapping"):
-        method = cfg["unwrap"]["method"]
-        kw = step_kwargs(cfg, "unwrap")
-        if method == "region_growing":
-            unwrapped = method_function("unwrap", method)(
-                corrected, brain, vs, echo_times=te, magnitude=magnitude, **kw)
-        else:
-            unwrapped = np.stack([method_function("unwrap", method)(corrected[..., e], brain, vs, **kw)
-                                  for e in range(phase.shape[3])], axis=3)
+        unwrapped = None
+        if combine != "complex_fit":  # the complex fit works on wrapped phase
+            method = cfg["unwrap"]["method"]
+            kw = step_kwargs(cfg, "unwrap")
+            if method == "region_growing":
+                unwrapped = method_function("unwrap", method)(
+                    corrected, brain, vs, echo_times=te, magnitude=magnitude, **kw)
+            else:
+                unwrapped = np.stack([method_function("unwrap", method)(corrected[..., e], brain, vs, **kw)
+                                      for e in range(phase.shape[3])], axis=3)
 
     with _step(timings, "echo combination"):
-        result = method_function("combine", cfg["combine"]["method"])(
-            unwrapped, brain, vs, echo_times=te, magnitude=magnitude, field_strength=b0t,
-            **step_kwargs(cfg, "combine"))
-        total, reliability = result if isinstance(result, tuple) else (result, None)
+        if combine == "complex_fit":
+            total, reliability = _complex_field(magnitude, phase, brain, vs, te, b0t, cfg)
+        else:
+            result = method_function("combine", combine)(
+                unwrapped, brain, vs, echo_times=te, magnitude=magnitude, field_strength=b0t,
+                **step_kwargs(cfg, "combine"))
+            total, reliability = result if isinstance(result, tuple) else (result, None)
         total = np.where(brain, total, 0).astype(np.float32)
 
+    if cfg["mask"].get("two_pass", False):
+        from .mask import artefact_reduction_masks, combine_two_pass, quality_from_noise
+
+        with _step(timings, "two-pass masks"):
+            quality = (quality_from_noise(reliability, brain) if reliability is not None else
+                       _phase_quality(phase, magnitude, vs, te))
+            reliable, filled = artefact_reduction_masks(quality, brain, vs)
+        chi1, valid1, local1 = _local_and_chi(total, reliable, vs, b0, cfg, mag_weight, reliability, timings)
+        chi2, valid2, local2 = _local_and_chi(total, filled, vs, b0, cfg, mag_weight, reliability, timings)
+        chi = combine_two_pass(np.where(valid1, chi1, 0), chi2, valid1, filled_mask=valid2)
+        valid = valid2 | valid1
+        local = np.where(valid1, local1, local2)
+    else:
+        chi, valid, local = _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings)
+
+    with _step(timings, "referencing"):
+        region = cfg["reference"]["method"]
+        offset_ppm = 0.0
+        if region == "brain":
+            chi, offset_ppm = reference_chi(chi, valid, region="brain")
+        elif region == "csf":
+            if magnitude is None or magnitude.shape[3] < 2:
+                raise ValueError("a CSF reference needs multi-echo magnitude (R2* map); use reference 'brain'")
+            csf = csf_mask_from_r2star(_r2star(magnitude, te, valid), valid, vs)
+            chi, offset_ppm = reference_chi(chi, valid, region=csf)
+        chi = np.where(valid, chi, 0).astype(np.float32)
+
+    return PipelineResult(chi=chi, mask=valid, brain_mask=brain, field=total,
+                          local_field=np.where(valid, local, 0).astype(np.float32),
+                          reliability=reliability, reference_offset=offset_ppm, config=cfg, timings=timings)
+
+
+def _phase_quality(phase, magnitude, vs, te):
+    from .mask import phase_quality
+
+    return phase_quality(phase, None, vs, magnitude=magnitude, echo_times=te if phase.shape[3] > 1 else None)
+
+
+def _complex_field(magnitude, phase, brain, vs, te, b0t, cfg):
+    """Nonlinear complex fit (MEDI-style), then spatial unwrapping of the fitted field, which the
+    fit only knows modulo 1/dTE for evenly spaced echoes. Returns (field ppm, noise ppm)."""
+    from .field import fit_field_complex, unwrap_region_growing, wrap
+    from .units import hz_per_ppm
+
+    if magnitude is None or phase.shape[3] < 2:
+        raise ValueError("the complex fit needs magnitude and at least two echoes; use linear_fit")
+    field_hz, _, noise_hz = fit_field_complex(magnitude, phase, brain, vs, echo_times=te,
+                                              **step_kwargs(cfg, "combine"))
+    dte = float(np.min(np.diff(np.sort(te))))
+    cycles = 2.0 * np.pi * field_hz.astype(np.float64) * dte
+    unwrapped = unwrap_region_growing(wrap(cycles), brain, vs, magnitude=magnitude[..., 0])
+    # keep the fit's value where the unwrapping agrees (no 2 pi jump), else the unwrapped one
+    field_hz = unwrapped / (2.0 * np.pi * dte)
+    scale = hz_per_ppm(b0t)
+    return (field_hz / scale).astype(np.float32), (np.asarray(noise_hz, np.float64) / scale).astype(np.float32)
+
+
+def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings):
+    """Background removal and dipole inversion on one mask: (chi, valid mask, local field)."""
     with _step(timings, "background removal"):
         local, valid = method_function("background", cfg["background"]["method"])(
             total, brain, vs, **_with_b0(cfg, "background", b0))
@@ -200,22 +262,7 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
         if cfg["invert"]["method"] != "tkd" and weight_kind != "none":
             kw["weight"] = _inversion_weight(weight_kind, mag_weight, reliability, valid)
         chi = method_function("invert", cfg["invert"]["method"])(local, valid, vs, b0_direction=b0, **kw)
-
-    with _step(timings, "referencing"):
-        region = cfg["reference"]["method"]
-        offset_ppm = 0.0
-        if region == "brain":
-            chi, offset_ppm = reference_chi(chi, valid, region="brain")
-        elif region == "csf":
-            if magnitude is None or magnitude.shape[3] < 2:
-                raise ValueError("a CSF reference needs multi-echo magnitude (R2* map); use reference 'brain'")
-            csf = csf_mask_from_r2star(_r2star(magnitude, te, valid), valid, vs)
-            chi, offset_ppm = reference_chi(chi, valid, region=csf)
-        chi = np.where(valid, chi, 0).astype(np.float32)
-
-    return PipelineResult(chi=chi, mask=valid, brain_mask=brain, field=total,
-                          local_field=np.where(valid, local, 0).astype(np.float32),
-                          reliability=reliability, reference_offset=offset_ppm, config=cfg, timings=timings)
+    return chi, valid, local
 
 
 def _r2star(magnitude, echo_times, mask):

@@ -22,6 +22,8 @@ _NAMES = {
     "laplacian": "Laplacian unwrapping (Schofield & Zhu 2003)",
     "linear_fit": "magnitude- and TE-weighted linear fit of the unwrapped phase over echoes",
     "weighted_average": "TE- and magnitude-weighted average of per-echo fields",
+    "complex_fit": "nonlinear complex fit over echoes (MEDI-style, Liu et al. MRM 2013) with spatial "
+                   "unwrapping of the fitted field",
     "vsharp": "V-SHARP (Li et al. NeuroImage 2011)",
     "sharp": "SHARP (Schweser et al. NeuroImage 2011)",
     "resharp": "RESHARP (Sun & Wilman MRM 2014)",
@@ -41,7 +43,7 @@ CONSENSUS_CHECKS = {
     "phase unwrapping by an exact (path-following / region-growing) method":
         lambda c: c["unwrap"]["method"] == "region_growing",
     "multi-echo combination before background field removal":
-        lambda c: c["combine"]["method"] in ("linear_fit", "weighted_average"),
+        lambda c: c["combine"]["method"] in ("linear_fit", "weighted_average", "complex_fit"),
     "background field removal by the SHARP family or PDF":
         lambda c: c["background"]["method"] in ("vsharp", "sharp", "resharp", "ismv", "pdf"),
     "sparsity-regularised (TV/L1) dipole inversion":
