@@ -116,7 +116,13 @@ class MultigridPreconditioner:
             a = sp.csr_matrix(p.T @ a @ p)
             coords, shape = ccoords, cshape
             h = h * np.asarray(factors)
-        self.coarse = spla.splu(sp.csc_matrix(a))
+        try:
+            self.coarse = spla.splu(sp.csc_matrix(a))
+        except RuntimeError:
+            # a Galerkin coarse operator can be numerically singular on tiny or fragmented masks;
+            # a small diagonal shift keeps it a good preconditioner (CG still solves the exact system)
+            shift = 1e-8 * float(np.abs(a.diagonal()).mean() or 1.0)
+            self.coarse = spla.splu(sp.csc_matrix(a + shift * sp.identity(a.shape[0], format="csr")))
 
     def _vcycle(self, level, b):
         if level == len(self.levels):
