@@ -164,3 +164,21 @@ def check_weight(weight, mask, dtype):
     out = np.zeros(mask.shape, dtype=dtype)
     out[mask] = (wm / rms).astype(dtype)
     return out
+
+
+def real_fft_pair(shape, dtype):
+    """``(fft, ifft)``: real FFT of a padded-grid array and its inverse (returned in ``dtype``),
+    both with chimap's FFT workers."""
+    import scipy.fft as sfft
+
+    from ..kernels import fft_workers
+
+    workers = fft_workers()
+
+    def fft(x):
+        return sfft.rfftn(x, workers=workers)
+
+    def ifft(x):
+        return sfft.irfftn(x, s=shape, workers=workers).astype(dtype, copy=False)
+
+    return fft, ifft

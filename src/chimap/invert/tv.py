@@ -32,11 +32,10 @@ Both run on the mask's bounding box, zero padded (``pad_factor``), with real FFT
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 
-from ..kernels import dipole_kernel, fft_workers, laplacian_kernel
+from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
-from ._common import check_inversion_inputs, check_positive, check_weight
+from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
 
 __all__ = ["DEFAULT_ALPHA", "tv_admm"]
 
@@ -130,14 +129,8 @@ def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alph
         w = check_weight(mask if weight is None else weight, mask, dom.dtype)
 
     dt = dom.dtype.type
-    workers = fft_workers()
     shape = dom.padded
-
-    def fft(x):
-        return sfft.rfftn(x, workers=workers)
-
-    def ifft(x):
-        return sfft.irfftn(x, s=shape, workers=workers)
+    fft, ifft = real_fft_pair(shape, dom.dtype)
 
     d = dipole_kernel(shape, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
     e2 = -laplacian_kernel(shape, vs, real_fft=True, dtype=dom.dtype)  # |E|^2 >= 0

@@ -20,11 +20,10 @@ real FFTs per iteration (tv_admm: 2 + 2).
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 
-from ..kernels import dipole_kernel, fft_workers, laplacian_kernel
+from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
-from ._common import check_inversion_inputs, check_positive, check_weight
+from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
 from .tv import DEFAULT_ALPHA
 
 __all__ = ["DEFAULT_WH_BETA", "tv_admm_wh"]
@@ -117,14 +116,8 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
     w = check_weight(mask if weight is None else weight, mask, dom.dtype)
 
     dt = dom.dtype.type
-    workers = fft_workers()
     shape = dom.padded
-
-    def fft(x):
-        return sfft.rfftn(x, workers=workers)
-
-    def ifft(x):
-        return sfft.irfftn(x, s=shape, workers=workers).astype(dom.dtype, copy=False)
+    fft, ifft = real_fft_pair(shape, dom.dtype)
 
     d = dipole_kernel(shape, vs, b0_direction=b, real_fft=True, dtype=np.float64)
     lap = laplacian_kernel(shape, vs, real_fft=True, dtype=np.float64)  # <= 0
