@@ -188,8 +188,65 @@ def test_pipeline_options_run_and_stay_accurate(overrides):
     m = res.mask & h.brain_mask
     x, r = res.chi[m] - res.chi[m].mean(), h.chi[m] - h.chi[m].mean()
     nrmse = np.linalg.norm(x - r) / np.linalg.norm(r)
-    # default at 3 mm measures ~0.56; every option must stay in the same league
-    assert nrmse < 0.9, nrmse
+    # over the whole brain mask (domain "brain": the 3 mm rim is a large part of it) the default
+    # measures 0.69 and these options 0.95 (complex fit), and below; a sign or unit error gives > 1.3
+    assert nrmse < 1.0, nrmse
     b = res.brain_mask & h.brain_mask
     d = (res.field - h.total_field)[b]
     assert np.median(np.abs(d - np.median(d))) < 0.01  # total field within 10 ppb (median)
+
+
+def test_reference_labels_from_the_cli(sim, tmp_path):
+    """`--reference-labels` with `--reference-values`: chi's mean over those labels is 0."""
+    labels_path = sim / "derivatives" / "truth" / "sub-sim" / "anat" / "sub-sim_dseg.nii.gz"
+    labels = _truth(sim, "sub-sim_dseg.nii.gz")
+    out = tmp_path / "ref"
+    args = ["-q", "run", "--bids", str(_anat(sim)), "-o", str(out), "--preset", "fast",
+            "--reference-labels", str(labels_path), "--reference-values", "1"]
+    assert cli.main(args) == 0
+    chi = np.asarray(nib.load(str(out / "chi.nii.gz")).dataobj)
+    mask = np.asarray(nib.load(str(out / "mask.nii.gz")).dataobj) > 0
+    wm = mask & (labels == 1)
+    assert wm.sum() > 100 and abs(float(chi[wm].mean())) < 1e-5
+    assert abs(float(chi[mask].mean())) > 1e-4  # not the whole-brain reference
+    record = json.loads((out / "chimap.json").read_text())
+    assert record["configuration"]["reference"] == {"method": "labels", "values": [1]}
+    assert "segmentation" in record["consensus_report"]["reference_region"]
+
+
+@pytest.mark.parametrize("case", ["values_only", "missing_label", "shape"])
+def test_reference_labels_bad_input(sim, tmp_path, capsys, case):
+    labels_path = sim / "derivatives" / "truth" / "sub-sim" / "anat" / "sub-sim_dseg.nii.gz"
+    args = ["run", "--bids", str(_anat(sim)), "-o", str(tmp_path / "o"), "--preset", "fast"]
+    if case == "values_only":
+        args += ["--reference-values", "3"]
+    elif case == "missing_label":
+        args += ["--reference-labels", str(labels_path), "--reference-values", "99"]
+    else:
+        bad = tmp_path / "small.nii.gz"
+        _write(bad, np.ones((4, 4, 4), np.uint8))
+        args += ["--reference-labels", str(bad)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "reference" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o" / "chi.nii.gz").exists()
+
+
+def test_domain_brain_covers_the_brain_mask_and_fills_holes():
+    """With [invert] domain = "brain" chi covers the whole (hole-filled) brain mask, including
+    the rim that LBV cannot reach and the low-quality holes; "valid" keeps chi where the local
+    field is. The brain-domain mask matches the true brain (Dice >= 0.95)."""
+    from scipy import ndimage
+
+    from chimap.mask import dice
+
+    h = simulate_head(voxel_size=3.0, snr=100, rng=6)
+    kw = dict(voxel_size=h.voxel_size, echo_times=h.echo_times, field_strength=h.field_strength,
+              b0_direction=h.b0_direction)
+    brain = run(h.magnitude, h.phase, config=resolve("default"), **kw)
+    valid = run(h.magnitude, h.phase, config=resolve("default", overrides={"invert": {"domain": "valid"}}), **kw)
+    filled = ndimage.binary_fill_holes(brain.brain_mask, structure=ndimage.generate_binary_structure(3, 1))
+    assert np.array_equal(brain.mask, filled)
+    assert valid.mask.sum() < brain.mask.sum() and np.all(brain.mask[valid.mask])
+    assert dice(brain.mask, h.brain_mask) >= 0.95
+    assert np.count_nonzero(brain.chi[brain.mask & ~valid.mask]) > 0.9 * (brain.mask & ~valid.mask).sum()

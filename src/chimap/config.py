@@ -45,12 +45,15 @@ STEPS: dict[str, dict[str, str]] = {
     },
     "invert": {
         "tkd": "chimap.invert:tkd",
+        "tsvd": "chimap.invert:tsvd",
+        "tikhonov": "chimap.invert:tikhonov",
         "tv_admm": "chimap.invert:tv_admm",
         "tv_admm_wh": "chimap.invert:tv_admm_wh",
     },
     "reference": {
         "brain": "",
         "csf": "",
+        "labels": "",
         "none": "",
     },
 }
@@ -62,8 +65,8 @@ PIPELINE_KEYS = {
     "unwrap": {"method"},
     "combine": {"method"},
     "background": {"method", "use_reliability", "erode_mm"},
-    "invert": {"method", "weight"},
-    "reference": {"method"},
+    "invert": {"method", "weight", "domain"},
+    "reference": {"method", "values"},
     "output": {"intermediates"},
 }
 
@@ -72,6 +75,7 @@ PIPELINE_VALUES = {
     ("mask", "quality"): ("phase", "none"),
     ("mask", "two_pass"): (True, False),
     ("invert", "weight"): ("magnitude", "reliability", "none"),
+    ("invert", "domain"): ("brain", "valid"),
     ("output", "intermediates"): (True, False),
     ("background", "use_reliability"): (True, False),
 }

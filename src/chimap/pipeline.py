@@ -65,19 +65,23 @@ class PipelineResult:
 
 
 def _step(timings, name):
+    """Times one step; reports it on the log (the terminal progress of ``chimap run``)."""
     class _Timer:
         def __enter__(self):
             self.t0 = time.perf_counter()
-            log.info("  %s", name)
+            log.debug("  %s ...", name)
 
-        def __exit__(self, *exc):
-            timings[name] = round(time.perf_counter() - self.t0, 3)
+        def __exit__(self, exc_type, *exc):
+            seconds = time.perf_counter() - self.t0
+            timings[name] = round(seconds, 3)
+            if exc_type is None:
+                log.info("  %-20s %7.1f s", name, seconds)
 
     return _Timer()
 
 
 def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_direction=(0.0, 0.0, 1.0),
-        mask=None, config=None, preset="default") -> PipelineResult:
+        mask=None, config=None, preset="default", reference_labels=None) -> PipelineResult:
     """Run the QSM pipeline on arrays.
 
     Parameters
@@ -100,6 +104,10 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
         Resolved configuration (:func:`chimap.config.resolve`); default: ``preset``.
     preset : str
         Preset used when ``config`` is None.
+    reference_labels : numpy.ndarray of int, shape (I, J, K), optional
+        Segmentation (or a binary mask) on the image grid, for ``[reference] method =
+        "labels"``: chi is referenced to the mean over the labels listed in ``[reference]
+        values`` (all non-zero labels when ``values`` is not set).
 
     Returns
     -------
@@ -126,6 +134,7 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
     if np.nanmax(np.abs(phase)) > np.pi + 1e-3:
         raise ValueError(f"phase reaches {np.abs(phase).max():.4g}, outside [-pi, pi]: it is not in radians; "
                          "rescale it (chimap run --phase-units ...)")
+    ref_region = _reference_region(cfg, reference_labels, phase.shape[:3])
     timings: dict = {}
 
     with _step(timings, "mask"):
@@ -208,11 +217,43 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
                 raise ValueError("a CSF reference needs multi-echo magnitude (R2* map); use reference 'brain'")
             csf = csf_mask_from_r2star(_r2star(magnitude, te, valid), valid, vs)
             chi, offset_ppm = reference_chi(chi, valid, region=csf)
+        elif region == "labels":
+            if not (ref_region & valid).any():
+                raise ValueError("the reference labels do not overlap the chi mask: check the label image "
+                                 "and [reference] values")
+            chi, offset_ppm = reference_chi(chi, valid, region=ref_region)
         chi = np.where(valid, chi, 0).astype(np.float32)
 
     return PipelineResult(chi=chi, mask=valid, brain_mask=brain, field=total,
                           local_field=np.where(valid, local, 0).astype(np.float32),
                           reliability=reliability, reference_offset=offset_ppm, config=cfg, timings=timings)
+
+
+def _reference_region(cfg, labels, shape):
+    """Boolean reference region from a label image, for ``[reference] method = "labels"``."""
+    method = cfg["reference"]["method"]
+    if method != "labels":
+        if labels is not None:
+            raise ValueError('reference labels were given but [reference] method is not "labels"')
+        return None
+    if labels is None:
+        raise ValueError('[reference] method "labels" needs a label image: pass --reference-labels LABELS.nii.gz')
+    lab = np.asarray(labels)
+    if lab.shape != shape:
+        raise ValueError(f"reference label image shape {lab.shape} does not match the images {shape}")
+    if not np.all(np.isfinite(lab)):
+        raise ValueError("the reference label image contains NaN or infinite values")
+    values = cfg["reference"].get("values")
+    if values is None:
+        region = lab != 0
+    else:
+        values = [values] if np.isscalar(values) else list(values)
+        if not values or not all(isinstance(v, (int, float)) and float(v) == int(v) for v in values):
+            raise ValueError(f"[reference] values must be integer labels, got {values!r}")
+        region = np.isin(np.rint(lab).astype(np.int64), np.asarray(values, dtype=np.int64))
+    if not region.any():
+        raise ValueError(f"no voxel of the reference label image has the label(s) {values}")
+    return region
 
 
 def _phase_quality(phase, magnitude, vs, te):
@@ -242,10 +283,15 @@ def _complex_field(magnitude, phase, brain, vs, te, b0t, cfg):
 
 def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings):
     """Background removal and dipole inversion on one mask: (chi, valid mask, local field)."""
+    from .background import fill_mask_holes
+
     with _step(timings, "background removal"):
+        # low-quality voxels inside the brain (a calcification, a vein core) are holes of the
+        # mask; filled, with the field interpolated into them, their sources stay local
+        filled_field, filled, holes = fill_mask_holes(total, brain, vs)
         local, valid = method_function("background", cfg["background"]["method"])(
-            total, brain, vs, **_with_b0(cfg, "background", b0))
-        valid = valid & brain
+            filled_field, filled, vs, **_with_b0(cfg, "background", b0))
+        valid = valid & filled
         erode = float(cfg["background"].get("erode_mm", 0.0))
         if erode > 0:
             from .mask import erode_mm
@@ -259,10 +305,28 @@ def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings):
     with _step(timings, "dipole inversion"):
         kw = step_kwargs(cfg, "invert")
         weight_kind = cfg["invert"].get("weight", "none")
-        if cfg["invert"]["method"] != "tkd" and weight_kind != "none":
-            kw["weight"] = _inversion_weight(weight_kind, mag_weight, reliability, valid)
-        chi = method_function("invert", cfg["invert"]["method"])(local, valid, vs, b0_direction=b0, **kw)
+        invert = method_function("invert", cfg["invert"]["method"])
+        if _accepts_weight(invert, kw):
+            # voxels without a measured local field (holes; with domain "brain" also the rim that
+            # background removal could not reach) get zero data weight: chi there is fitted to
+            # the field around them
+            measured = valid & ~holes
+            if cfg["invert"].get("domain", "brain") == "brain":
+                valid = filled
+            weight = None if weight_kind == "none" else _inversion_weight(weight_kind, mag_weight, reliability,
+                                                                         valid)
+            if weight is not None or not np.array_equal(measured, valid):
+                kw["weight"] = measured.astype(np.float32) if weight is None else np.where(measured, weight, 0)
+            local = np.where(measured, local, 0)
+        chi = invert(local, valid, vs, b0_direction=b0, **kw)
     return chi, valid, local
+
+
+def _accepts_weight(func, kwargs):
+    """Whether an inversion fits the field with a data weight (TKD and closed-form TV do not)."""
+    import inspect
+
+    return "weight" in inspect.signature(func).parameters and kwargs.get("solver") != "closed_form"
 
 
 def _r2star(magnitude, echo_times, mask):
@@ -302,7 +366,7 @@ def _inversion_weight(kind, magnitude, reliability, mask):
 
 def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_strength=None, b0_direction=None,
               mask=None, output, preset="default", config_file=None, overrides=None, phase_units="auto",
-              phase_sign=1, intermediates=None, argv=None) -> Path:
+              phase_sign=1, intermediates=None, reference_labels=None, argv=None) -> Path:
     """Load inputs, run the pipeline and write ``chi.nii.gz``, ``mask.nii.gz`` and ``chimap.json``.
 
     Every output is validated and written atomically; the output folder receives nothing when an
@@ -322,10 +386,18 @@ def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_streng
         if ext_mask.shape[:3] != pha.shape[:3]:
             raise ValueError(f"mask shape {ext_mask.shape} does not match the images {pha.shape[:3]}")
         ext_mask = ext_mask.reshape(pha.shape[:3]) > 0
+    ref_labels = None
+    if reference_labels is not None:
+        ref_labels, _, _ = load_nifti(reference_labels)
+        if ref_labels.shape[:3] != pha.shape[:3] or ref_labels.size != int(np.prod(pha.shape[:3])):
+            raise ValueError(f"reference label image shape {ref_labels.shape} does not match the images "
+                             f"{pha.shape[:3]}")
+        ref_labels = ref_labels.reshape(pha.shape[:3])
     log.info("chimap run: %s, %d echo(es), %.3g T, B0 (voxel axes) %s", pha.shape[:3], pha.shape[3],
              acq.field_strength, np.round(acq.b0_direction, 4).tolist())
     result = run(mag, pha, voxel_size=acq.voxel_size, echo_times=acq.echo_times,
-                 field_strength=acq.field_strength, b0_direction=acq.b0_direction, mask=ext_mask, config=cfg)
+                 field_strength=acq.field_strength, b0_direction=acq.b0_direction, mask=ext_mask, config=cfg,
+                 reference_labels=ref_labels)
     out = Path(output)
     save_nifti(out / "chi.nii.gz", result.chi, acq.affine)
     save_nifti(out / "mask.nii.gz", result.mask.astype(np.uint8), acq.affine)
@@ -342,7 +414,8 @@ def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_streng
         "command": argv,
         "inputs": {"phase": [str(p) for p in np.atleast_1d(phase)],
                    "magnitude": None if magnitude is None else [str(p) for p in np.atleast_1d(magnitude)],
-                   "mask": None if mask is None else str(mask)},
+                   "mask": None if mask is None else str(mask),
+                   "reference_labels": None if reference_labels is None else str(reference_labels)},
         "acquisition": acq.to_dict(),
         "configuration": expand_defaults(cfg),
         "timings_s": timings,

@@ -31,10 +31,14 @@ _NAMES = {
     "pdf": "PDF (Liu et al. NMR Biomed 2011)",
     "lbv": "LBV (Zhou et al. NMR Biomed 2014)",
     "tkd": "truncated k-space division (Shmueli et al. MRM 2009)",
+    "tsvd": "truncated SVD of the dipole kernel (Wharton et al. MRM 2010)",
+    "tikhonov": "closed-form L2-regularised inversion (Bilgic et al. JMRI 2014)",
     "tv_admm": "total-variation regularised inversion by ADMM (Bilgic et al. MRM 2014; Milovic et al. MRM 2018)",
     "tv_admm_wh": "total-variation regularised inversion with weak-harmonic background correction by ADMM "
                   "(Milovic et al. MRM 2019)",
     "brain": "mean over the whole brain mask",
+    "csf": "mean over a CSF region (lowest-R2* voxels of the ventricles)",
+    "labels": "mean over labels of a user-supplied segmentation",
     "none": "none",
 }
 

@@ -16,8 +16,12 @@ ismv       iterative SMV with boundary condition (Wen 2014)            eroded by
 pdf        fit of dipole sources outside the mask (Liu 2011)           the mask
 lbv        Laplace's equation with Dirichlet boundary (Zhou 2014)      interior, peeled
 =========  ==========================================================  =====================
+
+:func:`fill_mask_holes` prepares a mask with holes (low-quality voxels inside the brain) so
+that sources in the holes stay in the local field.
 """
 
+from .holes import fill_mask_holes
 from .ismv import ismv
 from .lbv import laplace_dirichlet, lbv
 from .pdf import pdf
@@ -26,6 +30,7 @@ from .sharp import default_vsharp_radii, sharp, smv_filter, vsharp
 
 __all__ = [
     "default_vsharp_radii",
+    "fill_mask_holes",
     "ismv",
     "laplace_dirichlet",
     "lbv",

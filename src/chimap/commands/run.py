@@ -26,6 +26,11 @@ def add_arguments(parser):
     src.add_argument("--b0-direction", type=float, nargs=3, default=None, metavar=("I", "J", "K"),
                      help="B0 in voxel axes (default: from the affine)")
     src.add_argument("--mask", default=None, metavar="NII", help="external brain mask")
+    src.add_argument("--reference-labels", default=None, metavar="NII",
+                     help="label image (or mask) on the image grid: reference chi to the mean over its "
+                          "labels (sets [reference] method = \"labels\")")
+    src.add_argument("--reference-values", type=int, nargs="+", default=None, metavar="N",
+                     help="labels of --reference-labels forming the reference region (default: all non-zero)")
     src.add_argument("--phase-units", default="auto",
                      help="auto, rad, siemens, milliradians, uint16, degrees or range (default auto)")
     src.add_argument("--phase-sign", type=int, choices=[1, -1], default=1,
@@ -41,8 +46,15 @@ def add_arguments(parser):
 def run(args) -> int:
     from ..config import expand_defaults, resolve, to_toml
 
+    overrides = None
+    if args.reference_labels or args.reference_values:
+        if not args.reference_labels:
+            raise ValueError("--reference-values needs --reference-labels LABELS.nii.gz")
+        overrides = {"reference": {"method": "labels"}}
+        if args.reference_values:
+            overrides["reference"]["values"] = list(args.reference_values)
     if args.print_config:
-        print(to_toml(expand_defaults(resolve(args.preset, config_file=args.config))))
+        print(to_toml(expand_defaults(resolve(args.preset, config_file=args.config, overrides=overrides))))
         return 0
     if not args.output:
         raise ValueError("give an output folder with -o OUT_DIR")
@@ -60,7 +72,8 @@ def run(args) -> int:
     out = run_files(phase=_one_or_list(phase), magnitude=_one_or_list(magnitude) if magnitude else None,
                     json=_one_or_list(json) if json else None, echo_times=args.echo_times,
                     field_strength=args.field_strength, b0_direction=args.b0_direction, mask=args.mask,
-                    output=args.output, preset=args.preset, config_file=args.config,
+                    output=args.output, preset=args.preset, config_file=args.config, overrides=overrides,
+                    reference_labels=args.reference_labels,
                     phase_units=args.phase_units, phase_sign=args.phase_sign,
                     intermediates=args.intermediates or None, argv=sys.argv)
     log.info("wrote %s", Path(out) / "chi.nii.gz")

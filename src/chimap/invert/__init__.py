@@ -2,6 +2,8 @@
 
 =====================  ==========================================================================
 :func:`tkd`            truncated k-space division (Shmueli 2009, Wharton 2010)
+:func:`tsvd`           truncated SVD: frequencies with ``|D|`` below a threshold dropped (Wharton 2010)
+:func:`tikhonov`       closed-form L2 inversion, gradient or identity regulariser (Bilgic 2014)
 :func:`tv_admm`        total-variation regularised inversion with ADMM (FANSI weighted linear
                        TV, Milovic 2018; closed-form variant of Bilgic 2014)
 :func:`tv_admm_wh`     TV inversion with a jointly fitted residual harmonic field (weak-harmonic
@@ -38,9 +40,10 @@ noise of a 4-echo 3 T acquisition at SNR 100. On a sphere (chi 0.1 ppm, radius 1
 2.5 % (1e-3: -4 %). For noisier data raise ``alpha`` (5e-4 to 1e-3 at 3 ppb).
 """
 
+from .closed_form import tikhonov, tsvd
 from .tkd import tkd, truncated_inverse_kernel
 from .tv import DEFAULT_ALPHA, tv_admm
 from .tv_wh import DEFAULT_WH_BETA, tv_admm_wh
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_WH_BETA", "tkd", "truncated_inverse_kernel", "tv_admm",
-           "tv_admm_wh"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_WH_BETA", "tikhonov", "tkd", "truncated_inverse_kernel", "tsvd",
+           "tv_admm", "tv_admm_wh"]

@@ -1,0 +1,124 @@
+"""Closed-form (k-space) dipole inversions: TSVD and Tikhonov (L2) regularisation.
+
+References
+----------
+Wharton S, Schaefer A, Bowtell R. Susceptibility mapping in the human brain using
+threshold-based k-space division. MRM 2010;63:1292-1304 (TSVD: frequencies with ``|D|`` below
+the threshold are discarded).
+Bilgic B, Chatnuntawech I, Fan AP, et al. Fast image reconstruction with L2-regularization.
+JMRI 2014;40:181-191 (closed-form L2 inversion with a gradient regulariser).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+
+from ..kernels import dipole_kernel, fft_workers, laplacian_kernel
+from ._common import check_inversion_inputs
+
+__all__ = ["tikhonov", "tsvd"]
+
+
+def tsvd(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), threshold=0.2, pad_factor=1.5):
+    """Susceptibility by truncated SVD of the dipole kernel (Wharton et al. 2010).
+
+    ``chi = IFFT(FFT(field) / D)`` where ``|D| >= threshold`` and 0 elsewhere: the frequencies
+    near the magic cone, where the kernel is not invertible, are discarded (TKD instead clips
+    ``|D|`` to the threshold). Without regularisation the contrast of large structures is
+    underestimated by the discarded cone.
+
+    Parameters
+    ----------
+    local_field : numpy.ndarray, shape (I, J, K)
+        Local field in ppm; values outside ``mask`` are ignored.
+    mask : numpy.ndarray of bool, shape (I, J, K)
+    voxel_size : array_like, shape (3,)
+        mm.
+    b0_direction : array_like, shape (3,)
+        B0 in voxel axes.
+    threshold : float
+        In (0, 2/3); 0.2 by default as for TKD.
+    pad_factor : float or sequence of 3 float
+        Zero padding of the mask's bounding box (>= 1).
+
+    Returns
+    -------
+    numpy.ndarray, shape (I, J, K)
+        chi in ppm, zero outside ``mask``, dtype of ``local_field``; arbitrary mean.
+    """
+    thr = _check_threshold(threshold)
+    field, mask, vs, b, dom = check_inversion_inputs(local_field, mask, voxel_size, b0_direction, pad_factor)
+    workers = fft_workers()
+    spec = sfft.rfftn(dom.pad(field), workers=workers)
+    d = dipole_kernel(dom.padded, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
+    keep = np.abs(d) >= thr
+    with np.errstate(divide="ignore"):
+        spec *= np.where(keep, 1.0 / np.where(keep, d, 1), 0).astype(dom.dtype)
+    chi = sfft.irfftn(spec, s=dom.padded, workers=workers).astype(dom.dtype, copy=False)
+    return dom.unpad(chi, mask)
+
+
+def tikhonov(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alpha=0.1,
+             regulariser="gradient", pad_factor=1.5):
+    """Closed-form L2-regularised dipole inversion (Bilgic et al. 2014).
+
+    ``chi = argmin ||D chi - f||^2 + alpha^2 ||R chi||^2`` on the zero-padded grid, solved
+    exactly in k-space: ``chi = IFFT(D F(f) / (D^2 + alpha^2 R^2))`` with ``R^2 = 1``
+    (``regulariser="identity"``) or ``R^2 = |G(k)|^2``, the squared k-space response of the
+    forward-difference gradient in 1/mm (``"gradient"``, as in the paper). The data term is
+    unweighted and extends over the padded grid (that is what makes it closed form), so it
+    also fits the zero field outside the mask: sources whose field reaches past the mask are
+    biased low (a 10 mm sphere of 0.1 ppm in a 25 mm mask: contrast 0.091-0.094).
+
+    Parameters
+    ----------
+    local_field, mask, voxel_size, b0_direction, pad_factor
+        As in :func:`tsvd`.
+    alpha : float
+        Regularisation weight (> 0); it multiplies the regulariser inside the norm, as in the
+        paper, hence ``alpha^2`` above (gradients in ppm/mm). Default 0.1: on the 1 mm simulated
+        head's true local field (brain eroded 2 mm) NRMSE was 89 / 66 / 59 / 54 / 55 % for
+        alpha 0.01 / 0.03 / 0.05 / 0.1 / 0.2, with or without 1 ppb noise.
+    regulariser : {"gradient", "identity"}
+
+    Returns
+    -------
+    numpy.ndarray, shape (I, J, K)
+        chi in ppm, zero outside ``mask``, dtype of ``local_field``; arbitrary mean.
+    """
+    if regulariser not in ("gradient", "identity"):
+        raise ValueError(f'regulariser must be "gradient" or "identity", got {regulariser!r}')
+    alpha = _positive(alpha, "alpha")
+    field, mask, vs, b, dom = check_inversion_inputs(local_field, mask, voxel_size, b0_direction, pad_factor)
+    workers = fft_workers()
+    spec = sfft.rfftn(dom.pad(field), workers=workers)
+    d = dipole_kernel(dom.padded, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
+    if regulariser == "gradient":
+        r2 = -laplacian_kernel(dom.padded, vs, real_fft=True, dtype=dom.dtype)  # = |G(k)|^2
+    else:
+        r2 = np.ones_like(d)
+    den = d * d + dom.dtype.type(alpha * alpha) * r2
+    den[0, 0, 0] = 1.0  # D(0) = 0 and G(0) = 0: the mean is undetermined, set to 0
+    spec *= d / den
+    return dom.unpad(sfft.irfftn(spec, s=dom.padded, workers=workers).astype(dom.dtype, copy=False), mask)
+
+
+def _check_threshold(threshold):
+    try:
+        thr = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number in (0, 2/3), got {threshold!r}") from None
+    if not 0.0 < thr < 2.0 / 3.0:
+        raise ValueError(f"threshold must be in (0, 2/3) (|D| <= 2/3), got {threshold!r}")
+    return thr
+
+
+def _positive(value, name):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return v
