@@ -47,6 +47,7 @@ STEPS: dict[str, dict[str, str]] = {
         "tkd": "chimap.invert:tkd",
         "tsvd": "chimap.invert:tsvd",
         "tikhonov": "chimap.invert:tikhonov",
+        "rts": "chimap.invert:rts",
         "tv_admm": "chimap.invert:tv_admm",
         "tv_admm_wh": "chimap.invert:tv_admm_wh",
     },

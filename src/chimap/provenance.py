@@ -33,6 +33,7 @@ _NAMES = {
     "tkd": "truncated k-space division (Shmueli et al. MRM 2009)",
     "tsvd": "truncated SVD of the dipole kernel (Wharton et al. MRM 2010)",
     "tikhonov": "closed-form L2-regularised inversion (Bilgic et al. JMRI 2014)",
+    "rts": "rapid two-step inversion with a TV prior (Kames et al. NeuroImage 2018)",
     "tv_admm": "total-variation regularised inversion by ADMM (Bilgic et al. MRM 2014; Milovic et al. MRM 2018)",
     "tv_admm_wh": "total-variation regularised inversion with weak-harmonic background correction by ADMM "
                   "(Milovic et al. MRM 2019)",

@@ -3,4 +3,4 @@
 Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
 """
 
-COMMANDS = ["run", "simulate", "metrics", "demo"]
+COMMANDS = ["run", "invert", "simulate", "metrics", "demo"]

@@ -4,6 +4,7 @@
 :func:`tkd`            truncated k-space division (Shmueli 2009, Wharton 2010)
 :func:`tsvd`           truncated SVD: frequencies with ``|D|`` below a threshold dropped (Wharton 2010)
 :func:`tikhonov`       closed-form L2 inversion, gradient or identity regulariser (Bilgic 2014)
+:func:`rts`            rapid two-step: LSMR, then TV fill-in of the magic cone (Kames 2018)
 :func:`tv_admm`        total-variation regularised inversion with ADMM (FANSI weighted linear
                        TV, Milovic 2018; closed-form variant of Bilgic 2014)
 :func:`tv_admm_wh`     TV inversion with a jointly fitted residual harmonic field (weak-harmonic
@@ -41,9 +42,10 @@ noise of a 4-echo 3 T acquisition at SNR 100. On a sphere (chi 0.1 ppm, radius 1
 """
 
 from .closed_form import tikhonov, tsvd
+from .rts import rts
 from .tkd import tkd, truncated_inverse_kernel
 from .tv import DEFAULT_ALPHA, tv_admm
 from .tv_wh import DEFAULT_WH_BETA, tv_admm_wh
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_WH_BETA", "tikhonov", "tkd", "truncated_inverse_kernel", "tsvd",
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_WH_BETA", "rts", "tikhonov", "tkd", "truncated_inverse_kernel", "tsvd",
            "tv_admm", "tv_admm_wh"]
