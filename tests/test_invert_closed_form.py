@@ -9,7 +9,7 @@ from chimap.config import resolve
 from chimap.forward import dipole_field, padded_shape
 from chimap.invert import tikhonov, tsvd
 from chimap.kernels import dipole_kernel, sphere_mask
-from chimap.sim.analytic import sphere
+from test_invert import _sphere_problem
 
 
 def _band_limited(shape=(24, 20, 28), vs=(1.0, 1.2, 0.9), b0=(0.0, 0.0, 1.0), level=0.25):
@@ -61,11 +61,7 @@ def test_tikhonov_solves_its_normal_equations():
 @pytest.mark.parametrize("vs,b0", [((1.0, 1.0, 1.0), (0, 0, 1)), ((1.0, 1.5, 2.0), (0.3, 0.2, 0.93))])
 def test_sphere_contrast(vs, b0):
     vs = np.asarray(vs, dtype=float)
-    shape = tuple(round(56 / v) for v in vs)
-    ph = sphere(shape, vs, radius=10.0, chi=0.1, b0_direction=b0, supersample=3)
-    mask = sphere_mask(shape, vs, radius=25.0)
-    inner = sphere_mask(shape, vs, radius=7.0)
-    ring = mask & ~sphere_mask(shape, vs, radius=13.0)
+    ph, mask, inner, ring = _sphere_problem(vs, b0)
 
     def contrast(chi):
         assert np.all(chi[~mask] == 0)

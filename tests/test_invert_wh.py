@@ -111,3 +111,23 @@ def test_wh_rejects_nan_in_mask():
     bad[tuple(np.argwhere(mask)[0])] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         tv_admm_wh(bad, mask, VS, max_iter=2)
+
+
+def test_refine_field_is_called_and_checked():
+    from chimap.invert import tv_admm_wh
+    from chimap.kernels import sphere_mask
+
+    shape, vs = (24, 24, 24), (2.0, 2.0, 2.0)
+    mask = sphere_mask(shape, vs, radius=18.0)
+    field = np.zeros(shape, np.float32)
+    calls = []
+
+    def refine(chi):
+        assert chi.shape == shape and np.all(chi[~mask] == 0)
+        calls.append(1)
+        return field
+
+    tv_admm_wh(field + 1e-3 * mask, mask, vs, refine_field=refine, refine_every=3, refine_times=2, max_iter=20)
+    assert len(calls) == 2
+    with np.testing.assert_raises_regex(ValueError, "refine_field"):
+        tv_admm_wh(field, mask, vs, refine_field=lambda chi: np.zeros((3, 3, 3)), refine_every=1, max_iter=5)

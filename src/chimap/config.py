@@ -65,7 +65,7 @@ PIPELINE_KEYS = {
     "offsets": {"method"},
     "unwrap": {"method"},
     "combine": {"method"},
-    "background": {"method", "use_reliability", "erode_mm"},
+    "background": {"method", "use_reliability", "erode_mm", "boundary_refinement"},
     "invert": {"method", "weight", "domain"},
     "reference": {"method", "values"},
     "output": {"intermediates"},
@@ -85,7 +85,8 @@ PIPELINE_VALUES = {
 _SUPPLIED = {"phase", "phases", "magnitude", "mask", "voxel_size", "echo_times", "field_strength",
              "b0_direction", "total_field", "local_field", "field", "weight", "weights",
              "phase_unwrapped", "data", "noise", "chi", "unwrap", "phase_offset", "template",
-             "return_info", "return_residual", "return_harmonic", "harmonic_mask"}
+             "return_info", "return_residual", "return_harmonic", "harmonic_mask", "refine_field",
+             "refine_every", "refine_times"}
 
 
 def available_presets() -> list[str]:

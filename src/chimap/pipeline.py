@@ -8,6 +8,7 @@ I/O and provenance live in :func:`run_files`; :func:`run` works on arrays.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import platform
 import time
@@ -318,6 +319,19 @@ def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings):
             if weight is not None or not np.array_equal(measured, valid):
                 kw["weight"] = measured.astype(np.float32) if weight is None else np.where(measured, weight, 0)
             local = np.where(measured, local, 0)
+            refinements = int(cfg["background"].get("boundary_refinement", 0))
+            if refinements > 0 and cfg["background"]["method"] == "lbv" and \
+                    "refine_field" in inspect.signature(invert).parameters:
+                from .background.boundary import lbv_boundary_loss
+
+                lbv_local = local
+
+                def refine(chi_now):
+                    loss = lbv_boundary_loss(chi_now, filled, vs, b0_direction=b0)
+                    return np.where(measured, lbv_local + loss, 0)
+
+                kw["refine_field"] = refine
+                kw["refine_times"] = refinements
         chi = invert(local, valid, vs, b0_direction=b0, **kw)
     return chi, valid, local
 

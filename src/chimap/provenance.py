@@ -64,6 +64,14 @@ def _step(cfg, step):
     return {"method": method, "description": _NAMES.get(method, method), "parameters": table}
 
 
+def _refinement_clause(cfg):
+    n = int(cfg.get("background", {}).get("boundary_refinement", 0) or 0)
+    if n <= 0 or cfg["background"].get("method") != "lbv":
+        return ""
+    return (f", on the hole-filled brain mask, with the field of chi that LBV removes with the boundary values "
+            f"added back {n} time(s) during the inversion (chimap's boundary refinement)")
+
+
 def consensus_report(cfg, acq, result) -> dict:
     """The consensus reporting table for one run, plus a generated methods paragraph."""
     chi, mask = result.chi, result.mask
@@ -78,7 +86,8 @@ def consensus_report(cfg, acq, result) -> dict:
         f"on the acquired grid without resampling. Brain mask: {steps['mask']['description']}. "
         f"Phase offsets: {steps['offsets']['description']}. Unwrapping: {steps['unwrap']['description']}. "
         f"Echo combination: {steps['combine']['description']}. Background field removal: "
-        f"{steps['background']['description']}. Dipole inversion: {steps['invert']['description']} "
+        f"{steps['background']['description']}{_refinement_clause(cfg)}. Dipole inversion: "
+        f"{steps['invert']['description']} "
         f"with parameters {steps['invert']['parameters']}. Susceptibility is reported in ppm, referenced to "
         f"the {steps['reference']['description']}."
     )

@@ -37,13 +37,8 @@ def rts(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), delta=0.
 
     Parameters
     ----------
-    local_field : numpy.ndarray, shape (I, J, K)
-        Local field in ppm; values outside ``mask`` are ignored.
-    mask : numpy.ndarray of bool, shape (I, J, K)
-    voxel_size : array_like, shape (3,)
-        mm.
-    b0_direction : array_like, shape (3,)
-        B0 in voxel axes.
+    local_field, mask, voxel_size, b0_direction
+        As in :func:`chimap.invert.tsvd` (field in ppm, sizes in mm, B0 in voxel axes).
     delta : float
         ``|D|`` above which k-space counts as well conditioned, in (0, 2/3). Paper: 0.15.
     lsmr_iter : int

@@ -35,7 +35,8 @@ DEFAULT_WH_BETA = 100.0
 def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
                alpha=DEFAULT_ALPHA, beta=DEFAULT_WH_BETA, weight=None, harmonic_mask=None,
                max_iter=300, tol=5e-3, rho=None, mu=0.3, nu=None, pad_factor=1.5,
-               isotropic=True, relax=1.0, return_harmonic=False, return_info=False):
+               isotropic=True, relax=1.0, refine_field=None, refine_every=15, refine_times=2,
+               return_harmonic=False, return_info=False):
     """Weak-harmonic TV dipole inversion (Milovic et al. MRM 2019), linear data term, ADMM.
 
     Parameters
@@ -63,6 +64,14 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
     nu : float, optional
         ADMM penalty of the split ``q = L phi``; default ``beta`` (it changes the speed of
         convergence, not the solution).
+    refine_field : callable, optional
+        ``refine_field(chi) -> local_field``: called with the current chi (input grid, ppm)
+        every ``refine_every`` iterations, at most ``refine_times`` times, to replace the
+        fitted field (same shape, ppm) while the ADMM state is kept, e.g. the boundary
+        correction of LBV (:mod:`chimap.background.boundary`). The stopping test is suspended
+        until the last refinement.
+    refine_every, refine_times : int
+        See ``refine_field``.
     return_harmonic : bool
         Also return ``phi``, the fitted residual harmonic field (ppm, zero outside ``mask``).
     return_info : bool
@@ -166,9 +175,14 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
     cq = np.zeros(shape, dtype=dom.dtype)
     del f_pad
 
+    refine_every = check_positive(refine_every, "refine_every", integer=True)
+    refine_times = int(refine_times) if refine_field is not None else 0
+    if refine_field is not None and not callable(refine_field):
+        raise ValueError("refine_field must be a callable chi -> local field")
     converged = False
     change = np.inf
     it = 0
+    refined = 0
     phi_spec = None
     for it in range(1, max_iter + 1):
         K.grad_adjoint(s, ets, inv_h)
@@ -182,7 +196,13 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
         del ts, ss, cs
         chi = ifft(xs)
         change = K.relative_change(chi, prev)
-        if change < tol:
+        if refined < refine_times and (it % refine_every == 0 or change < tol):
+            new_field = np.asarray(refine_field(dom.unpad(chi, mask)))
+            if new_field.shape != mask.shape or not np.all(np.isfinite(new_field[mask])):
+                raise ValueError("refine_field must return a finite field of the input shape")
+            w2f = w2 * dom.pad(np.where(mask, new_field, 0).astype(dom.dtype))
+            refined += 1
+        elif change < tol:
             converged = True
             break
         K.grad_shrink_update(chi, u, s, inv_h, thr, bool(isotropic), relax)
