@@ -4,12 +4,12 @@ band-limited fields, sphere contrast, geometry and input checks."""
 import numpy as np
 import pytest
 import scipy.fft as sfft
+from test_invert import _sphere_problem
 
 from chimap.config import resolve
 from chimap.forward import dipole_field, padded_shape
-from chimap.invert import tikhonov, tsvd
+from chimap.invert import rts, tikhonov, tsvd
 from chimap.kernels import dipole_kernel, sphere_mask
-from test_invert import _sphere_problem
 
 
 def _band_limited(shape=(24, 20, 28), vs=(1.0, 1.2, 0.9), b0=(0.0, 0.0, 1.0), level=0.25):
@@ -79,8 +79,10 @@ def test_sphere_contrast(vs, b0):
     assert 0.088 < contrast(tikhonov(ph.field, mask, vs, b0_direction=b0)) < 0.1
 
 
-@pytest.mark.parametrize("func", [tsvd, tikhonov])
-def test_joint_axis_permutation(func):
+@pytest.mark.parametrize("func,kw,rtol", [(tsvd, {}, 1e-6), (tikhonov, {}, 1e-6),
+                                          (rts, {"tol": 1e-12, "max_iter": 5}, 1e-5)])
+def test_joint_axis_permutation(func, kw, rtol):
+    """Permuting field, mask, voxel sizes and B0 jointly permutes chi (RTS included here)."""
     vs = np.array([1.5, 2.0, 2.5])
     b0 = np.array([0.2, -0.3, 0.93])
     shape = (30, 26, 22)
@@ -89,9 +91,10 @@ def test_joint_axis_permutation(func):
     mask = sphere_mask(shape, vs, radius=20.0)
     field = dipole_field(chi, None, vs, b0_direction=b0)
     perm = (2, 0, 1)
-    ref = func(field, mask, vs, b0_direction=b0)
-    out = func(np.transpose(field, perm), np.transpose(mask, perm), vs[list(perm)], b0_direction=b0[list(perm)])
-    np.testing.assert_allclose(out, np.transpose(ref, perm), atol=1e-6 * np.abs(ref).max())
+    ref = func(field, mask, vs, b0_direction=b0, **kw)
+    out = func(np.transpose(field, perm), np.transpose(mask, perm), vs[list(perm)], b0_direction=b0[list(perm)],
+               **kw)
+    np.testing.assert_allclose(out, np.transpose(ref, perm), atol=rtol * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("func,kw,match", [
