@@ -61,6 +61,10 @@ def test_run_bids_default(sim, tmp_path):
     failed = [k for k, ok in rep["consensus_checks"].items() if not ok]
     assert failed == ["background field removal by the SHARP family or PDF"]
     assert record["configuration"]["invert"]["alpha"] > 0  # defaults recorded
+    inc = rep["inclusion"]
+    assert min(inc.values()) >= 0
+    assert inc["final_mask_voxels"] == (inc["brain_mask_voxels"] + inc["added_by_hole_filling"]
+                                        - inc["excluded_by_background_removal"])
     assert abs(float(chi[mask].mean())) < 1e-4  # referenced to the whole brain
     assert not (out / "field.nii.gz").exists()
 

@@ -100,7 +100,8 @@ def consensus_report(cfg, acq, result) -> dict:
         "whole_brain_mean_ppm": float(vals.mean()) if vals.size else None,
         "whole_brain_sd_ppm": float(vals.std()) if vals.size else None,
         "inclusion": {"brain_mask_voxels": int(result.brain_mask.sum()), "final_mask_voxels": int(mask.sum()),
-                      "excluded_by_background_removal": int(result.brain_mask.sum() - mask.sum())},
+                      "excluded_by_background_removal": int((result.brain_mask & ~mask).sum()),
+                      "added_by_hole_filling": int((mask & ~result.brain_mask).sum())},
         "geometry": "processed on the acquired grid (no resampling, no reorientation); B0 direction from "
                     + ("the affine" if acq.b0_matches_affine else "an explicit value"),
         "consensus_checks": checks,
