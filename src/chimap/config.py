@@ -28,6 +28,7 @@ STEPS: dict[str, dict[str, str]] = {
     },
     "unwrap": {
         "region_growing": "chimap.field.unwrap:unwrap_temporal",
+        "complex_guided": "chimap.field.unwrap:unwrap_complex_guided",
         "laplacian": "chimap.field.unwrap:unwrap_laplacian",
     },
     "combine": {

@@ -176,7 +176,10 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
         if combine != "complex_fit":  # the complex fit works on wrapped phase
             method = cfg["unwrap"]["method"]
             kw = step_kwargs(cfg, "unwrap")
-            if method == "region_growing":
+            if method == "complex_guided" and phase.shape[3] < 2:
+                log.info("  single echo: region-growing unwrapping instead of complex-guided")
+                method, kw = "region_growing", {}
+            if method in ("region_growing", "complex_guided"):
                 unwrapped = method_function("unwrap", method)(
                     corrected, brain, vs, echo_times=te, magnitude=magnitude, **kw)
             else:

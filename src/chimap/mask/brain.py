@@ -13,7 +13,9 @@ percentile) and hole filling, with three additions for a mask that matches a bra
    mask, sigma ``homogenize_mm``; two iterations), so that a bright cortex near the coils and
    a dark centre do not share one threshold.
 3. **Skull and CSF.** Above the threshold are brain, the bright CSF around it, the scalp and
-   face; the skull has almost no signal and leaves a dark gap of several mm. An opening with
+   face; the skull has almost no signal and leaves a dark gap of several mm. Where there is
+   no bone (the foramen magnum into the neck) the brain is cut off at ``detach_mm`` from its
+   largest deep core (:func:`_detach_large`). An opening with
    the largest component (erode by ``open_mm``, keep the largest part, dilate back inside the
    threshold mask) detaches the scalp through that gap. Holes (ventricles with low signal,
    veins, sinus dropouts) are filled in 3-D and slice by slice. Finally the outer CSF shell
@@ -151,12 +153,14 @@ def _upsample(a, factors, shape):
 
 def brain_mask(magnitude, mask, voxel_size, *, threshold_method: str = "otsu", threshold=None,
                threshold_factor: float = 1.0, threshold_percentile: float = 50.0, echo_combination: str = "rss",
-               homogenize_mm=20.0, open_mm: float = 4.0, erode_mm: float = 3.0, fill_holes=True,
+               homogenize_mm=20.0, detach_mm: float = 16.0, open_mm: float = 4.0, erode_mm: float = 3.0,
+               fill_holes=True,
                quality=None, quality_threshold="otsu", quality_percentile: float = 10.0):
     """Brain mask from magnitude, optionally refined by a phase-quality map.
 
-    Steps (module docstring): echo combination, bias correction, threshold, opening by
-    ``open_mm`` keeping the largest component (detaches scalp and skull), hole filling,
+    Steps (module docstring): echo combination, bias correction, threshold, detaching what
+    lies beyond ``detach_mm`` of the largest deep core, opening by ``open_mm`` keeping the
+    largest component (detaches scalp and skull), hole filling,
     erosion by ``erode_mm`` (removes the CSF shell around the brain), largest component, and
     finally removal of low-quality voxels.
 
@@ -183,6 +187,12 @@ def brain_mask(magnitude, mask, voxel_size, *, threshold_method: str = "otsu", t
         How 4-D magnitude becomes one image.
     homogenize_mm : float or None
         Width (mm) of the bias field divided out before thresholding; None or 0 disables it.
+    detach_mm : float
+        Before the opening, keep only what lies within this distance (mm, plus two voxels) of
+        the largest core deeper than it inside the threshold mask: cuts wide openings without
+        bone, such as the foramen magnum into the neck, which the opening cannot cut. 16 mm
+        took the mask's Dice with the true brain from 0.75 to 0.97 on the QSM challenge 2.0
+        head model (1.28 mm) and cost 0.003-0.008 on chimap's MNI-based heads. 0 disables it.
     open_mm : float
         Opening radius (mm) that separates the brain from the scalp; about half the dark
         skull gap. 0 disables the opening (the largest component is still kept).
@@ -220,6 +230,7 @@ def brain_mask(magnitude, mask, voxel_size, *, threshold_method: str = "otsu", t
     if fill_holes is not False and fill_holes not in _FILL_MODES:
         raise ValueError(f"fill_holes must be True, False, 'both', '3d' or 'slices', got {fill_holes!r}")
     r_open = check_radius(open_mm, "open_mm")
+    r_detach = check_radius(detach_mm, "detach_mm")
     r_erode = check_radius(erode_mm, "erode_mm")
     h_mm = 0.0 if homogenize_mm is None else check_radius(homogenize_mm, "homogenize_mm")
     q = None
@@ -233,7 +244,7 @@ def brain_mask(magnitude, mask, voxel_size, *, threshold_method: str = "otsu", t
     else:
         out = _from_magnitude(mag, vs, method=threshold_method, threshold=threshold, factor=threshold_factor,
                               percentile=threshold_percentile, echo_combination=echo_combination, h_mm=h_mm,
-                              r_open=r_open, r_erode=r_erode, fill=fill_holes)
+                              r_open=r_open, r_erode=r_erode, fill=fill_holes, r_detach=r_detach)
     if q is not None:
         keep, level = quality_threshold_mask(q, out, threshold=quality_threshold,
                                              percentile=quality_percentile)
@@ -243,8 +254,25 @@ def brain_mask(magnitude, mask, voxel_size, *, threshold_method: str = "otsu", t
     return out
 
 
+def _detach_large(head, vs, radius):
+    """Keep the part of ``head`` within ``radius`` mm of its largest deep core.
+
+    The core is the largest component of the voxels deeper than ``radius`` mm inside ``head``
+    (distance transform in mm); wide openings such as the foramen magnum, where the brain stem
+    continues into the neck without bone around it, are cut there, and the neck or face on the
+    other side is dropped beyond ``radius`` mm. Returns ``head`` unchanged when nothing is that
+    deep.
+    """
+    depth = ndimage.distance_transform_edt(head, sampling=vs)
+    core = largest_component(depth > radius)
+    if not core.any():
+        return head
+    reach = ndimage.distance_transform_edt(~core, sampling=vs)
+    return head & (reach <= radius + 2.0 * float(np.max(vs)))
+
+
 def _from_magnitude(mag, vs, *, method, threshold, factor, percentile, echo_combination, h_mm, r_open,
-                    r_erode, fill):
+                    r_erode, fill, r_detach=0.0):
     img = combine_echoes(mag, echo_combination=echo_combination)
     if float(img.max()) <= float(img.min()):
         raise ValueError("magnitude is constant (e.g. all zero): there is no signal to threshold")
@@ -262,6 +290,8 @@ def _from_magnitude(mag, vs, *, method, threshold, factor, percentile, echo_comb
     head = img > level
     if not head.any():
         raise ValueError(f"no voxel is above the threshold {level:.4g}: lower threshold/threshold_factor")
+    if r_detach > 0:
+        head = _detach_large(head, vs, r_detach)
     # detach scalp and face: erode, keep the largest part, grow back inside the threshold mask
     core = largest_component(_erode(head, vs, radius_mm=r_open)) if r_open > 0 else head
     if not core.any():
