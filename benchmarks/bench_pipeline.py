@@ -1,7 +1,8 @@
 """Accuracy and speed of `chimap run` on simulated heads, against the textbook chain.
 
 Cases (issue 3): GRE 4 echoes at 1 mm; single-echo 3D-EPI 1x1x2 mm at SNR ~45; 7 T with B0
-tilted 15 degrees (written into the affine). For each: the default preset with its own mask,
+tilted 15 degrees (written into the affine); on request (``--cases challenge``) GRE on another
+anatomy, the QSM challenge 2.0 head model at 1.28 mm (needs ../shared/data). For each: the default preset with its own mask,
 and the textbook chain (Laplacian unwrapping, V-SHARP, TKD 0.2) on the same data. Metrics
 against the true chi, both demeaned: NRMSE (%) over the true brain inside the estimate's mask
 (headline) and over the whole true brain (chi = 0 where the estimate's mask misses it);
@@ -10,7 +11,7 @@ the origin, and over the deep-grey ROI means); Dice of the estimate's mask with 
 Each case runs `chimap run` in a subprocess on files written by `chimap simulate head`, so wall
 time and peak memory are those of the command a user runs.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--cases gre epi tilt7t] [--keep DIR]
+    .venv/bin/python benchmarks/bench_pipeline.py [--cases gre epi tilt7t challenge] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
+SHARED_SEGMENTATION = Path(__file__).resolve().parents[1].parent / "shared" / "data" / \
+    "qsm2_headphantom_segmentation_neuropoly"
 CASES = {
     "gre": dict(args=["--protocol", "gre", "--voxel-size", "1", "--snr", "100"]),
     "epi": dict(args=["--protocol", "epi", "--voxel-size", "1", "1", "2", "--snr", "45", "--echo-times", "0.021"]),
     "tilt7t": dict(args=["--protocol", "gre", "--voxel-size", "1", "--field-strength", "7", "--b0-tilt", "15",
                          "--snr", "100", "--echo-times", "0.004", "0.009", "0.014", "0.019"]),
+    # another anatomy: the QSM challenge 2.0 head model (needs ../shared/data)
+    "challenge": dict(kind="challenge", args=["--protocol", "gre", "--voxel-size", "1.28", "--snr", "100",
+                                              "--segmentation-dir", str(SHARED_SEGMENTATION)]),
 }
 TEXTBOOK = """
 [unwrap]
@@ -87,7 +93,7 @@ def _evaluate(out_dir, truth_dir):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--cases", nargs="+", default=["gre", "epi", "tilt7t"], choices=list(CASES))
     p.add_argument("--keep", default=None, help="keep the simulated data and outputs in this folder")
     args = p.parse_args()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="chimap-bench-"))
@@ -95,7 +101,12 @@ def main():
     for case in args.cases:
         sim = root / case / "sim"
         if not (sim / "derivatives").exists():
-            _chimap("simulate", "head", "-o", str(sim), "--lesions", "10", "--seed", "11", *CASES[case]["args"])
+            kind = CASES[case].get("kind", "head")
+            if kind == "challenge" and not SHARED_SEGMENTATION.exists():
+                print(f"{case}: skipped ({SHARED_SEGMENTATION} not found)")
+                continue
+            lesions = ["--lesions", "10"] if kind == "head" else []
+            _chimap("simulate", kind, "-o", str(sim), *lesions, "--seed", "11", *CASES[case]["args"])
         anat = sim / "sub-sim" / "anat"
         truth = sim / "derivatives" / "truth" / "sub-sim" / "anat"
         cfg = root / "textbook.toml"
