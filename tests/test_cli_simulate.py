@@ -147,3 +147,15 @@ def test_demo_writes_report_and_chi(tmp_path):
     # the demo tilts the head by 10 degrees
     np.testing.assert_allclose(b0_direction_from_affine(aff), [0, np.sin(np.radians(10)), np.cos(np.radians(10))],
                                atol=1e-6)
+
+
+def test_challenge_anisotropic_voxels_are_a_usage_error(tmp_path, capsys):
+    """The challenge model is simulated on isotropic multiples of 0.64 mm: anisotropic voxel
+    sizes are refused (they used to be replaced silently by the largest one)."""
+    out = tmp_path / "c"
+    rc = cli.main(["simulate", "challenge", "--segmentation-dir", str(tmp_path), "-o", str(out),
+                   "--voxel-size", "1.28", "1.28", "2.56"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "isotropic" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -96,6 +96,9 @@ def _simulate_challenge(args):
         raise ValueError("'chimap simulate challenge' needs --segmentation-dir DIR")
     if args.lesions:
         raise ValueError("--lesions is only available for the built-in head")
+    if len(set(args.voxel_size)) > 1:
+        raise ValueError("the challenge model is simulated on isotropic voxels (whole multiples of its 0.64 mm "
+                         f"labels): give one --voxel-size value, got {args.voxel_size}")
     labels, brain, vs_f, chi = load_challenge_segmentation(args.segmentation_dir)
     factor = max(1, int(round(float(np.max(args.voxel_size)) / float(vs_f.max()))))
     # the fine grid keeps oversample 2 relative to the output: subsample the labels if needed

@@ -255,18 +255,25 @@ def brain_mask(magnitude, mask, voxel_size, *, threshold_method: str = "otsu", t
 
 
 def _detach_large(head, vs, radius):
-    """Keep the part of ``head`` within ``radius`` mm of its largest deep core.
+    """Keep the part of ``head`` within ``radius`` mm of its large deep cores.
 
-    The core is the largest component of the voxels deeper than ``radius`` mm inside ``head``
+    The cores are the components of the voxels deeper than ``radius`` mm inside ``head``, at
+    least a quarter the size of the largest
     (distance transform in mm); wide openings such as the foramen magnum, where the brain stem
     continues into the neck without bone around it, are cut there, and the neck or face on the
     other side is dropped beyond ``radius`` mm. Returns ``head`` unchanged when nothing is that
     deep.
     """
-    depth = ndimage.distance_transform_edt(head, sampling=vs)
-    core = largest_component(depth > radius)
-    if not core.any():
+    # depth inside the hole-filled mask: dark interior structures (iron-rich nuclei on late
+    # echoes, veins) must not make the brain look shallow
+    depth = ndimage.distance_transform_edt(ndimage.binary_fill_holes(head), sampling=vs)
+    labels, n = ndimage.label(depth > radius)
+    if n == 0:
         return head
+    sizes = np.bincount(labels.ravel())[1:]
+    # the two hemispheres can part at this depth: keep every core of at least a quarter of
+    # the largest (a neck or face core is far smaller than a hemisphere's)
+    core = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.25 * sizes.max()))
     reach = ndimage.distance_transform_edt(~core, sampling=vs)
     return head & (reach <= radius + 2.0 * float(np.max(vs)))
 
