@@ -444,3 +444,25 @@ def test_combine_two_pass():
         combine_two_pass(c1, c2[1:], rel)
     with pytest.raises(ValueError, match="shape"):
         combine_two_pass(c1, c1, rel[1:])
+
+
+def test_detach_cuts_the_neck_below_an_open_foramen():
+    """A brain whose stem continues into a wide neck without bone around it (as in the QSM
+    challenge 2.0 head model): the opening cannot cut the connection, detach_mm does."""
+    from chimap.kernels import sphere_mask as ball_mm
+
+    shape, vs = (64, 64, 80), (2.0, 2.0, 2.0)
+    c = np.array([31.5, 31.5, 45.0])
+    brain = ball_mm(shape, vs, radius=44.0, center=c)
+    idx = np.indices(shape)
+    r_xy = np.hypot((idx[0] - c[0]) * 2.0, (idx[1] - c[1]) * 2.0)
+    # a 28 mm wide opening under the brain (the foramen), widening into a 52 mm neck below
+    neck = ((r_xy < 14.0) & (idx[2] < c[2] - 10)) | ((r_xy < 26.0) & (idx[2] < c[2] - 34))
+    skull_out = ball_mm(shape, vs, radius=54.0, center=c) & ~ball_mm(shape, vs, radius=48.0, center=c)
+    mag = np.where(brain | neck | skull_out, 1.0, 0.02) * (1 + 0.01 * np.random.default_rng(0).random(shape))
+    with_detach = brain_mask(mag, None, vs, erode_mm=0.0)
+    without = brain_mask(mag, None, vs, erode_mm=0.0, detach_mm=0.0)
+    low_neck = neck & (idx[2] < 8)  # far below the brain
+    assert without[low_neck].mean() > 0.9  # the neck leaks in without the detach step
+    assert with_detach[low_neck].mean() < 0.05
+    assert with_detach[brain].mean() > 0.97
