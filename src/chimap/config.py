@@ -163,8 +163,7 @@ def validate(config: dict) -> dict:
         func = method_function(step, method)
         allowed = set(PIPELINE_KEYS[step])
         if func is not None:
-            params = inspect.signature(func).parameters
-            allowed |= {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n not in _SUPPLIED}
+            allowed |= configurable_keywords(func)
         bad = set(table) - allowed
         if bad:
             raise ValueError(f"unknown key(s) {sorted(bad)} in [{step}] for method {method!r}; "
@@ -173,6 +172,13 @@ def validate(config: dict) -> dict:
         if key in config.get(step, {}) and config[step][key] not in values:
             raise ValueError(f"[{step}] {key} = {config[step][key]!r} is not one of {list(values)}")
     return config
+
+
+def configurable_keywords(func) -> set[str]:
+    """Keyword-only arguments of an algorithm that a user may set (not those the pipeline
+    supplies itself, such as ``b0_direction`` or ``weight``)."""
+    params = inspect.signature(func).parameters
+    return {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n not in _SUPPLIED}
 
 
 def resolve(preset: str = "default", *, config_file=None, overrides: dict | None = None) -> dict:

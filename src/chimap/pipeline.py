@@ -269,18 +269,14 @@ def _phase_quality(phase, magnitude, vs, te):
 def _complex_field(magnitude, phase, brain, vs, te, b0t, cfg):
     """Nonlinear complex fit (MEDI-style), then spatial unwrapping of the fitted field, which the
     fit only knows modulo 1/dTE for evenly spaced echoes. Returns (field ppm, noise ppm)."""
-    from .field import fit_field_complex, unwrap_region_growing, wrap
+    from .field import fit_field_complex, unalias_field
     from .units import hz_per_ppm
 
     if magnitude is None or phase.shape[3] < 2:
         raise ValueError("the complex fit needs magnitude and at least two echoes; use linear_fit")
     field_hz, _, noise_hz = fit_field_complex(magnitude, phase, brain, vs, echo_times=te,
                                               **step_kwargs(cfg, "combine"))
-    dte = float(np.min(np.diff(np.sort(te))))
-    cycles = 2.0 * np.pi * field_hz.astype(np.float64) * dte
-    unwrapped = unwrap_region_growing(wrap(cycles), brain, vs, magnitude=magnitude[..., 0])
-    # keep the fit's value where the unwrapping agrees (no 2 pi jump), else the unwrapped one
-    field_hz = unwrapped / (2.0 * np.pi * dte)
+    field_hz = unalias_field(field_hz, brain, vs, echo_times=te, magnitude=magnitude[..., 0])
     scale = hz_per_ppm(b0t)
     return (field_hz / scale).astype(np.float32), (np.asarray(noise_hz, np.float64) / scale).astype(np.float32)
 
@@ -341,8 +337,6 @@ def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings):
 
 def _accepts_weight(func, kwargs):
     """Whether an inversion fits the field with a data weight (TKD and closed-form TV do not)."""
-    import inspect
-
     return "weight" in inspect.signature(func).parameters and kwargs.get("solver") != "closed_form"
 
 
@@ -355,8 +349,6 @@ def _r2star(magnitude, echo_times, mask):
 
 
 def _with_b0(cfg, step, b0):
-    import inspect
-
     kw = step_kwargs(cfg, step)
     func = method_function(step, cfg[step]["method"])
     if "b0_direction" in inspect.signature(func).parameters:

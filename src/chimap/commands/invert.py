@@ -31,27 +31,23 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import inspect
 
-    from ..config import STEPS, method_function, resolve
+    from ..config import STEPS, configurable_keywords, method_function, resolve
     from ..geometry import b0_direction_from_affine, check_b0_direction, voxel_sizes
     from ..io import load_nifti, save_nifti
 
-    method = args.method or resolve("default")["invert"]["method"]
+    default = resolve("default")["invert"]
+    method = args.method or default["method"]
     if method not in STEPS["invert"]:
         raise ValueError(f"unknown --method {method!r}; choose from {', '.join(STEPS['invert'])}")
     func = method_function("invert", method)
-    params = inspect.signature(func).parameters
+    settable = configurable_keywords(func)
     kwargs = {}
     if args.method is None:  # the default preset's parameters too
-        table = resolve("default")["invert"]
-        kwargs.update({k: v for k, v in table.items() if k in params and k != "weight"})
+        kwargs.update({k: v for k, v in default.items() if k in settable})
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or key not in params or params[key].kind != params[key].KEYWORD_ONLY or key in (
-                "b0_direction", "weight", "return_info", "return_harmonic", "harmonic_mask"):
-            options = sorted(n for n, p in params.items() if p.kind == p.KEYWORD_ONLY
-                             and n not in ("b0_direction", "weight", "return_info", "return_harmonic",
-                                           "harmonic_mask"))
-            raise ValueError(f"--set {item!r}: {method} accepts {', '.join(options)} (as KEY=VALUE)")
+        if not sep or key not in settable:
+            raise ValueError(f"--set {item!r}: {method} accepts {', '.join(sorted(settable))} (as KEY=VALUE)")
         kwargs[key] = _parse_value(value)
 
     field, affine, _ = load_nifti(args.local_field)
@@ -71,7 +67,7 @@ def run(args) -> int:
                          "f_ppm = f_Hz / (42.577478 * B0_T) and phase with f_ppm = phase / (2 pi 42.577478 B0_T TE_s)")
     b0 = check_b0_direction(args.b0_direction) if args.b0_direction else b0_direction_from_affine(affine)
     vs = voxel_sizes(affine)
-    if args.magnitude is not None and "weight" in params:
+    if args.magnitude is not None and "weight" in inspect.signature(func).parameters:
         mag, _, _ = load_nifti(args.magnitude)
         if mag.shape[:3] != field.shape:
             raise ValueError(f"magnitude shape {mag.shape} does not match the local field {field.shape}")

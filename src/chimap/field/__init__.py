@@ -7,10 +7,10 @@
 
 from .combine import fit_field_complex, fit_field_linear, weighted_echo_average
 from .offsets import mcpc3ds, remove_phase_offset
-from .unwrap import unwrap_complex_guided, unwrap_laplacian, unwrap_region_growing, unwrap_temporal, wrap
+from .unwrap import unalias_field, unwrap_complex_guided, unwrap_laplacian, unwrap_region_growing, unwrap_temporal, wrap
 
 __all__ = [
     "mcpc3ds", "remove_phase_offset", "wrap",
-    "unwrap_complex_guided", "unwrap_laplacian", "unwrap_region_growing", "unwrap_temporal",
+    "unalias_field", "unwrap_complex_guided", "unwrap_laplacian", "unwrap_region_growing", "unwrap_temporal",
     "fit_field_linear", "weighted_echo_average", "fit_field_complex",
 ]

@@ -314,6 +314,18 @@ def _uniform_spacing(te: np.ndarray) -> bool:
     return bool(np.all(np.abs(d - d[0]) <= 1e-9 + 1e-6 * d[0]))
 
 
+@njit(cache=True)
+def _phase_at_zero(M, P, te, n, om):  # pragma: no cover - numba
+    """``phi0 = angle(sum_e |S_e|^2 exp(i (P_e - om TE_e)))`` of voxel ``n`` for frequency ``om``."""
+    cs = 0.0
+    sn = 0.0
+    for e in range(P.shape[1]):
+        w = M[n, e] * M[n, e]
+        cs += w * np.cos(P[n, e] - om * te[e])
+        sn += w * np.sin(P[n, e] - om * te[e])
+    return np.arctan2(sn, cs)
+
+
 @njit(cache=True, parallel=True)
 def _gauss_newton_complex(M, P, te, dte, iterations, tol, wrap):  # pragma: no cover - numba
     """Per-voxel Gauss-Newton for ``S_e = M_e exp(i (phi0 + omega TE_e))``.
@@ -347,13 +359,7 @@ def _gauss_newton_complex(M, P, te, dte, iterations, tol, wrap):  # pragma: no c
         d12 = P[n, 1] - P[n, 0]
         d12 = d12 - two_pi * np.floor((d12 + np.pi) / two_pi)
         om = d12 / dte
-        cs = 0.0
-        sn = 0.0
-        for e in range(n_e):
-            w = M[n, e] * M[n, e]
-            cs += w * np.cos(P[n, e] - om * te[e])
-            sn += w * np.sin(P[n, e] - om * te[e])
-        ph = np.arctan2(sn, cs)
+        ph = _phase_at_zero(M, P, te, n, om)
         for _ in range(iterations):
             pr1 = 0.0
             pr2 = 0.0
@@ -371,13 +377,7 @@ def _gauss_newton_complex(M, P, te, dte, iterations, tol, wrap):  # pragma: no c
             xw = x - two_pi * np.floor((x + np.pi) / two_pi)
             if xw != x:  # alias to [-pi, pi) per dTE and refit phi0 for the aliased omega
                 om = xw / dte
-                cs = 0.0
-                sn = 0.0
-                for e in range(n_e):
-                    w = M[n, e] * M[n, e]
-                    cs += w * np.cos(P[n, e] - om * te[e])
-                    sn += w * np.sin(P[n, e] - om * te[e])
-                ph = np.arctan2(sn, cs)
+                ph = _phase_at_zero(M, P, te, n, om)
         r = 0.0
         for e in range(n_e):
             r += 2.0 * M[n, e] * M[n, e] * (1.0 - np.cos(P[n, e] - ph - om * te[e]))

@@ -32,7 +32,7 @@ from ..geometry import check_voxel_size
 from ..kernels import fft_workers, laplacian_kernel
 from ..units import check_echo_times
 
-__all__ = ["unwrap_complex_guided", "unwrap_laplacian", "unwrap_region_growing", "unwrap_temporal", "wrap"]
+__all__ = ["unalias_field", "unwrap_complex_guided", "unwrap_laplacian", "unwrap_region_growing", "unwrap_temporal", "wrap"]
 
 _TWO_PI = 2.0 * np.pi
 _NBINS = 256  # edge-quality levels of the bucket queue; level 0 means "no edge"
@@ -719,6 +719,38 @@ def _global_consistency_shift(ut, qe, ratios, max_shift=4, max_voxels=200_000):
     return int(np.argmin(costs)) - max_shift
 
 
+def unalias_field(field_hz, mask, voxel_size, *, echo_times, magnitude=None):
+    """Undo the ``1 / dTE`` aliasing of a field fitted from wrapped multi-echo phase.
+
+    A complex fit (:func:`chimap.field.combine.fit_field_complex`) knows the frequency only
+    modulo ``1 / dTE`` (``dTE`` the smallest echo spacing). The phase ``2 pi f dTE`` is
+    unwrapped spatially (:func:`unwrap_region_growing`): it wraps far less often than any echo.
+
+    Parameters
+    ----------
+    field_hz : array_like, shape (I, J, K)
+        Fitted (aliased) field in Hz.
+    mask : array_like of bool, shape (I, J, K)
+    voxel_size : float or array_like, shape (3,)
+        mm.
+    echo_times : array_like, shape (E,)
+        Seconds, E >= 2.
+    magnitude : array_like, shape (I, J, K), optional
+        Magnitude guiding the region growing.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (I, J, K)
+        The field in Hz, differing from ``field_hz`` by whole multiples of ``1 / dTE``.
+    """
+    tes = np.asarray(echo_times, dtype=np.float64)
+    if tes.size < 2:
+        raise ValueError("unaliasing a fitted field needs at least two echo times")
+    dte = float(np.min(np.diff(np.sort(tes))))
+    cycles = _TWO_PI * np.asarray(field_hz, np.float64) * dte
+    return unwrap_region_growing(wrap(cycles), mask, voxel_size, magnitude=magnitude) / (_TWO_PI * dte)
+
+
 def unwrap_complex_guided(phases, mask, voxel_size, *, echo_times, magnitude=None):
     """Multi-echo unwrapping guided by a nonlinear complex fit of all echoes.
 
@@ -730,9 +762,8 @@ def unwrap_complex_guided(phases, mask, voxel_size, *, echo_times, magnitude=Non
     1. the nonlinear complex fit ``S_e = |S_e| exp(i (phi0 + omega TE_e))`` on the wrapped phase
        (:func:`chimap.field.combine.fit_field_complex`, MEDI's model), which knows ``omega``
        modulo ``2 pi / dTE`` only;
-    2. that aliasing is undone by region-growing unwrapping of ``omega dTE``
-       (:func:`unwrap_region_growing`), a phase with a 2 pi period ``dTE / TE_last`` times
-       larger than the last echo's, hence with far fewer wraps;
+    2. that aliasing is undone by :func:`unalias_field` (region growing on ``omega dTE``, a
+       phase with far fewer wraps than the last echo's);
     3. each echo gets the integer number of turns that brings it nearest to the fitted
        ``phi0 + omega TE_e``.
 
@@ -772,10 +803,7 @@ def unwrap_complex_guided(phases, mask, voxel_size, *, echo_times, magnitude=Non
     if mag.shape != p.shape:
         raise ValueError(f"magnitude shape {mag.shape} does not match the phases {p.shape}")
     field_hz, phi0, _ = fit_field_complex(mag, p, m, voxel_size, echo_times=tes)
-    dte = float(np.min(np.diff(np.sort(tes))))
-    cycles = _TWO_PI * np.asarray(field_hz, np.float64) * dte
-    turns = unwrap_region_growing(wrap(cycles), m, voxel_size, magnitude=mag[..., 0])
-    omega = turns / dte  # rad/s
+    omega = _TWO_PI * unalias_field(field_hz, m, voxel_size, echo_times=tes, magnitude=mag[..., 0])  # rad/s
     q = np.where(m[..., None], p, 0).astype(np.float64)
     pred = np.asarray(phi0, np.float64)[..., None] + omega[..., None] * tes
     k = np.round((pred - q) / _TWO_PI).astype(np.int64)

@@ -86,6 +86,17 @@ def check_positive(value, name: str, *, allow_none: bool = False, integer: bool 
     return v
 
 
+def check_dipole_threshold(value, name: str = "threshold"):
+    """``value`` as a float in (0, 2/3), the range of ``|D|``; else a ValueError naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 2/3), got {value!r}") from None
+    if not 0.0 < v < 2.0 / 3.0:
+        raise ValueError(f"{name} must be in (0, 2/3) (|D| <= 2/3), got {value!r}")
+    return v
+
+
 def check_inversion_inputs(local_field, mask, voxel_size, b0_direction, pad_factor):
     """Validate the common inputs of a dipole inversion.
 
@@ -164,6 +175,26 @@ def check_weight(weight, mask, dtype):
     out = np.zeros(mask.shape, dtype=dtype)
     out[mask] = (wm / rms).astype(dtype)
     return out
+
+
+def filter_in_kspace(field, mask, dom, voxel_size, b0_direction, kernel_filter):
+    """``chi = IFFT(kernel_filter(D) * FFT(field))`` on the padded grid of ``dom``, cut back to
+    the input grid and zeroed outside ``mask``: the common core of the closed-form inversions.
+
+    ``kernel_filter`` maps the real-FFT dipole kernel ``D`` (dtype of ``dom``) to the k-space
+    filter; ``field`` is the validated local field of :func:`check_inversion_inputs`.
+    """
+    import scipy.fft as sfft
+
+    from ..kernels import dipole_kernel, fft_workers
+
+    workers = fft_workers()
+    spec = sfft.rfftn(dom.pad(field), workers=workers)
+    d = dipole_kernel(dom.padded, voxel_size, b0_direction=b0_direction, real_fft=True, dtype=dom.dtype)
+    spec *= kernel_filter(d)
+    del d
+    chi = sfft.irfftn(spec, s=dom.padded, workers=workers).astype(dom.dtype, copy=False)
+    return dom.unpad(chi, mask)
 
 
 def real_fft_pair(shape, dtype):

@@ -12,10 +12,8 @@ JMRI 2014;40:181-191 (closed-form L2 inversion with a gradient regulariser).
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
-
-from ..kernels import dipole_kernel, fft_workers, laplacian_kernel
-from ._common import check_inversion_inputs
+from ..kernels import laplacian_kernel
+from ._common import check_dipole_threshold, check_inversion_inputs, check_positive, filter_in_kspace
 
 __all__ = ["tikhonov", "tsvd"]
 
@@ -47,16 +45,14 @@ def tsvd(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), thresho
     numpy.ndarray, shape (I, J, K)
         chi in ppm, zero outside ``mask``, dtype of ``local_field``; arbitrary mean.
     """
-    thr = _check_threshold(threshold)
+    thr = check_dipole_threshold(threshold)
     field, mask, vs, b, dom = check_inversion_inputs(local_field, mask, voxel_size, b0_direction, pad_factor)
-    workers = fft_workers()
-    spec = sfft.rfftn(dom.pad(field), workers=workers)
-    d = dipole_kernel(dom.padded, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
-    keep = np.abs(d) >= thr
-    with np.errstate(divide="ignore"):
-        spec *= np.where(keep, 1.0 / np.where(keep, d, 1), 0).astype(dom.dtype)
-    chi = sfft.irfftn(spec, s=dom.padded, workers=workers).astype(dom.dtype, copy=False)
-    return dom.unpad(chi, mask)
+
+    def discard_cone(d):
+        keep = np.abs(d) >= thr
+        return np.where(keep, 1.0 / np.where(keep, d, 1), 0).astype(dom.dtype)
+
+    return filter_in_kspace(field, mask, dom, vs, b, discard_cone)
 
 
 def tikhonov(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alpha=0.1,
@@ -89,36 +85,16 @@ def tikhonov(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alp
     """
     if regulariser not in ("gradient", "identity"):
         raise ValueError(f'regulariser must be "gradient" or "identity", got {regulariser!r}')
-    alpha = _positive(alpha, "alpha")
+    alpha = check_positive(alpha, "alpha")
     field, mask, vs, b, dom = check_inversion_inputs(local_field, mask, voxel_size, b0_direction, pad_factor)
-    workers = fft_workers()
-    spec = sfft.rfftn(dom.pad(field), workers=workers)
-    d = dipole_kernel(dom.padded, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
-    if regulariser == "gradient":
-        r2 = -laplacian_kernel(dom.padded, vs, real_fft=True, dtype=dom.dtype)  # = |G(k)|^2
-    else:
-        r2 = np.ones_like(d)
-    den = d * d + dom.dtype.type(alpha * alpha) * r2
-    den[0, 0, 0] = 1.0  # D(0) = 0 and G(0) = 0: the mean is undetermined, set to 0
-    spec *= d / den
-    return dom.unpad(sfft.irfftn(spec, s=dom.padded, workers=workers).astype(dom.dtype, copy=False), mask)
 
+    def regularised_inverse(d):
+        if regulariser == "gradient":
+            r2 = -laplacian_kernel(dom.padded, vs, real_fft=True, dtype=dom.dtype)  # = |G(k)|^2
+        else:
+            r2 = np.ones_like(d)
+        den = d * d + dom.dtype.type(alpha * alpha) * r2
+        den[0, 0, 0] = 1.0  # D(0) = 0 and G(0) = 0: the mean is undetermined, set to 0
+        return d / den
 
-def _check_threshold(threshold):
-    try:
-        thr = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in (0, 2/3), got {threshold!r}") from None
-    if not 0.0 < thr < 2.0 / 3.0:
-        raise ValueError(f"threshold must be in (0, 2/3) (|D| <= 2/3), got {threshold!r}")
-    return thr
-
-
-def _positive(value, name):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not (np.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return v
+    return filter_in_kspace(field, mask, dom, vs, b, regularised_inverse)

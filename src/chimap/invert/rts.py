@@ -26,7 +26,7 @@ from scipy.sparse.linalg import LinearOperator, lsmr
 
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
-from ._common import check_inversion_inputs, check_positive, real_fft_pair
+from ._common import check_dipole_threshold, check_inversion_inputs, check_positive, real_fft_pair
 
 __all__ = ["rts"]
 
@@ -65,9 +65,7 @@ def rts(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), delta=0.
     info : dict
         Only with ``return_info=True``.
     """
-    delta = check_positive(delta, "delta")
-    if delta >= 2.0 / 3.0:
-        raise ValueError(f"delta must be in (0, 2/3) (|D| <= 2/3), got {delta!r}")
+    delta = check_dipole_threshold(delta, "delta")
     lsmr_iter = check_positive(lsmr_iter, "lsmr_iter", integer=True)
     mu = check_positive(mu, "mu")
     rho = check_positive(rho, "rho")
@@ -93,7 +91,6 @@ def rts(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), delta=0.
 
     # step 2: TV fill-in of the ill-conditioned cone, data fixed (softly, mu) where |D| > delta
     well = (np.abs(d) > delta).astype(dom.dtype)
-    del d
     e2 = -laplacian_kernel(shape, vs, real_fft=True, dtype=dom.dtype)
     den = mu * well + rho * e2
     den[0, 0, 0] = 1.0  # D(0) = 0 and G(0) = 0: the mean stays 0

@@ -11,10 +11,8 @@ threshold-based k-space division. MRM 2010;63:1292-1304.
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 
-from ..kernels import dipole_kernel, fft_workers
-from ._common import check_inversion_inputs
+from ._common import check_dipole_threshold, check_inversion_inputs, filter_in_kspace
 
 __all__ = ["tkd", "truncated_inverse_kernel"]
 
@@ -78,18 +76,7 @@ def tkd(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), threshol
         Invalid shapes, empty mask, NaN/inf inside the mask, bad voxel size, zero B0 direction
         or a threshold outside (0, 2/3).
     """
-    try:
-        thr = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in (0, 2/3), got {threshold!r}") from None
-    if not (0.0 < thr < 2.0 / 3.0):
-        raise ValueError(f"threshold must be in (0, 2/3) (|D| <= 2/3), got {threshold!r}")
+    thr = check_dipole_threshold(threshold)
     field, mask, vs, b, dom = check_inversion_inputs(local_field, mask, voxel_size,
                                                      b0_direction, pad_factor)
-    workers = fft_workers()
-    spec = sfft.rfftn(dom.pad(field), workers=workers)
-    d = dipole_kernel(dom.padded, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
-    spec *= truncated_inverse_kernel(d, thr)
-    del d
-    chi = sfft.irfftn(spec, s=dom.padded, workers=workers).astype(dom.dtype, copy=False)
-    return dom.unpad(chi, mask)
+    return filter_in_kspace(field, mask, dom, vs, b, lambda d: truncated_inverse_kernel(d, thr))

@@ -266,7 +266,7 @@ def _detach_large(head, vs, radius):
     """
     # depth inside the hole-filled mask: dark interior structures (iron-rich nuclei on late
     # echoes, veins) must not make the brain look shallow
-    depth = ndimage.distance_transform_edt(ndimage.binary_fill_holes(head), sampling=vs)
+    depth = ndimage.distance_transform_edt(_fill(head, mode="3d"), sampling=vs)
     labels, n = ndimage.label(depth > radius)
     if n == 0:
         return head
