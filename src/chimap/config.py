@@ -36,6 +36,10 @@ STEPS: dict[str, dict[str, str]] = {
         "weighted_average": "chimap.field.combine:weighted_echo_average",
         "complex_fit": "chimap.field.combine:fit_field_complex",
     },
+    "distortion": {
+        "auto": "",
+        "none": "",
+    },
     "background": {
         "vsharp": "chimap.background:vsharp",
         "sharp": "chimap.background:sharp",
@@ -66,6 +70,7 @@ PIPELINE_KEYS = {
     "offsets": {"method"},
     "unwrap": {"method"},
     "combine": {"method"},
+    "distortion": {"method", "reference"},
     "background": {"method", "use_reliability", "erode_mm", "boundary_refinement"},
     "invert": {"method", "weight", "domain"},
     "reference": {"method", "values"},
@@ -76,6 +81,7 @@ PIPELINE_KEYS = {
 PIPELINE_VALUES = {
     ("mask", "quality"): ("phase", "none"),
     ("mask", "two_pass"): (True, False),
+    ("distortion", "reference"): ("auto", "median", "none"),
     ("invert", "weight"): ("magnitude", "reliability", "none"),
     ("invert", "domain"): ("brain", "valid"),
     ("output", "intermediates"): (True, False),

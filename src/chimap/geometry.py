@@ -22,6 +22,7 @@ __all__ = [
     "rotation_from_to",
     "check_voxel_size",
     "check_b0_direction",
+    "parse_phase_encoding",
 ]
 
 
@@ -150,3 +151,22 @@ def affine_with_b0_direction(voxel_size, b0_direction, *, shape=None, center_wor
         centre_vox = (np.asarray(shape[:3], dtype=np.float64) - 1.0) / 2.0
         a[:3, 3] = np.asarray(center_world, dtype=np.float64) - a[:3, :3] @ centre_vox
     return a
+
+
+def parse_phase_encoding(direction):
+    """``(axis, polarity)`` from a BIDS ``PhaseEncodingDirection`` (``"i"``, ``"j-"``, ...) or an int axis.
+
+    Raises
+    ------
+    ValueError
+        For anything else, with the accepted forms.
+    """
+    if isinstance(direction, (int, np.integer)) and not isinstance(direction, bool):
+        if int(direction) not in (0, 1, 2):
+            raise ValueError(f"phase-encoding axis must be 0, 1 or 2, got {direction}")
+        return int(direction), 1
+    text = str(direction).strip().lower()
+    axes = {"i": 0, "j": 1, "k": 2, "x": 0, "y": 1, "z": 2}
+    if text[:1] in axes and text[1:] in ("", "-", "+"):
+        return axes[text[0]], (-1 if text.endswith("-") else 1)
+    raise ValueError(f"phase-encoding direction must be one of i, j, k, i-, j-, k- (BIDS), got {direction!r}")

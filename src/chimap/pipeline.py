@@ -82,7 +82,8 @@ def _step(timings, name):
 
 
 def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_direction=(0.0, 0.0, 1.0),
-        mask=None, config=None, preset="default", reference_labels=None) -> PipelineResult:
+        mask=None, config=None, preset="default", reference_labels=None, phase_encoding=None,
+        effective_echo_spacing=None) -> PipelineResult:
     """Run the QSM pipeline on arrays.
 
     Parameters
@@ -109,6 +110,13 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
         Segmentation (or a binary mask) on the image grid, for ``[reference] method =
         "labels"``: chi is referenced to the mean over the labels listed in ``[reference]
         values`` (all non-zero labels when ``values`` is not set).
+    phase_encoding : str, optional
+        EPI phase-encoding direction (BIDS ``PhaseEncodingDirection``, e.g. ``"j"``).
+    effective_echo_spacing : float, optional
+        EPI effective echo spacing in seconds. With ``phase_encoding`` and ``[distortion] method
+        = "auto"``, the images are unwarped along the phase-encode axis with the measured field
+        after echo combination (:mod:`chimap.field.distortion`); chi and the masks are then on
+        the undistorted grid.
 
     Returns
     -------
@@ -196,12 +204,35 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
             total, reliability = result if isinstance(result, tuple) else (result, None)
         total = np.where(brain, total, 0).astype(np.float32)
 
+    if (cfg.get("distortion", {}).get("method", "none") == "auto" and phase_encoding is not None
+            and effective_echo_spacing is not None):
+        with _step(timings, "distortion correction"):
+            absolute_unknown = phase.shape[3] < 2 or cfg["offsets"]["method"] == "none"
+            reference = cfg["distortion"].get("reference", "auto")
+            if reference == "auto":
+                reference = "median" if absolute_unknown else "none"
+            if cfg["mask"].get("two_pass", False) and reliability is None:
+                # the two-pass masks need a phase-quality map; wrapped phase cannot be resampled
+                from .field.distortion import epi_displacement, parse_phase_encoding, unwarp_epi
+                from .units import hz_per_ppm
+
+                axis, polarity = parse_phase_encoding(phase_encoding)
+                disp = epi_displacement(total * hz_per_ppm(b0t), brain, pe_axis=axis, polarity=polarity,
+                                        effective_echo_spacing=effective_echo_spacing, reference=reference)
+                two_pass_quality = unwarp_epi(_phase_quality(phase, magnitude, vs, te), disp, pe_axis=axis)
+            brain, total, magnitude, mag_weight, reliability = _unwarp(
+                brain, total, magnitude, mag_weight, reliability, b0t=b0t, phase_encoding=phase_encoding,
+                effective_echo_spacing=effective_echo_spacing, reference=reference)
+            phase = None  # distorted; every later step uses the unwarped maps
+
     if cfg["mask"].get("two_pass", False):
         from .mask import artefact_reduction_masks, combine_two_pass, quality_from_noise
 
         with _step(timings, "two-pass masks"):
-            quality = (quality_from_noise(reliability, brain) if reliability is not None else
-                       _phase_quality(phase, magnitude, vs, te))
+            if reliability is not None:
+                quality = quality_from_noise(reliability, brain)
+            else:
+                quality = two_pass_quality if phase is None else _phase_quality(phase, magnitude, vs, te)
             reliable, filled = artefact_reduction_masks(quality, brain, vs)
         chi1, valid1, local1 = _local_and_chi(total, reliable, vs, b0, cfg, mag_weight, reliability, timings)
         chi2, valid2, local2 = _local_and_chi(total, filled, vs, b0, cfg, mag_weight, reliability, timings)
@@ -231,6 +262,32 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
     return PipelineResult(chi=chi, mask=valid, brain_mask=brain, field=total,
                           local_field=np.where(valid, local, 0).astype(np.float32),
                           reliability=reliability, reference_offset=offset_ppm, config=cfg, timings=timings)
+
+
+def _unwarp(brain, total, magnitude, mag_weight, reliability, *, b0t, phase_encoding, effective_echo_spacing,
+            reference):
+    """EPI distortion correction of every map the later steps use (distorted -> undistorted)."""
+    from .field.distortion import epi_displacement, extend_nearest, parse_phase_encoding, unwarp_epi
+    from .units import hz_per_ppm
+
+    axis, polarity = parse_phase_encoding(phase_encoding)
+    disp = epi_displacement(total * hz_per_ppm(b0t), brain, pe_axis=axis, polarity=polarity,
+                            effective_echo_spacing=effective_echo_spacing, reference=reference)
+    inside = np.abs(disp[brain])
+    log.info("  EPI unwarping along axis %d: displacement median %.2f, max %.2f voxels", axis,
+             float(np.median(inside)), float(inside.max()))
+    new_brain = unwarp_epi(brain.astype(np.float32), disp, pe_axis=axis) > 0.5
+    if not new_brain.any():
+        raise ValueError("EPI distortion correction left an empty mask: check PhaseEncodingDirection and "
+                         "EffectiveEchoSpacing, or set [distortion] method = \"none\"")
+    total = np.where(new_brain, unwarp_epi(extend_nearest(total, brain), disp, pe_axis=axis), 0).astype(np.float32)
+    if magnitude is not None:
+        magnitude = unwarp_epi(magnitude.astype(np.float32), disp, pe_axis=axis, jacobian=True)
+    if mag_weight is not None:
+        mag_weight = unwarp_epi(mag_weight, disp, pe_axis=axis, jacobian=True)
+    if reliability is not None:
+        reliability = np.where(new_brain, unwarp_epi(extend_nearest(reliability, brain), disp, pe_axis=axis), 0)
+    return new_brain, total, magnitude, mag_weight, reliability
 
 
 def _reference_region(cfg, labels, shape):
@@ -406,7 +463,8 @@ def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_streng
              acq.field_strength, np.round(acq.b0_direction, 4).tolist())
     result = run(mag, pha, voxel_size=acq.voxel_size, echo_times=acq.echo_times,
                  field_strength=acq.field_strength, b0_direction=acq.b0_direction, mask=ext_mask, config=cfg,
-                 reference_labels=ref_labels)
+                 reference_labels=ref_labels, phase_encoding=acq.phase_encoding,
+                 effective_echo_spacing=acq.effective_echo_spacing)
     out = Path(output)
     save_nifti(out / "chi.nii.gz", result.chi, acq.affine)
     save_nifti(out / "mask.nii.gz", result.mask.astype(np.uint8), acq.affine)

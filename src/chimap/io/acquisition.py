@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import b0_direction_from_affine, check_b0_direction, check_voxel_size, voxel_sizes
+from ..geometry import b0_direction_from_affine, check_b0_direction, check_voxel_size, parse_phase_encoding, voxel_sizes
 from ..units import check_echo_times, check_field_strength
 from .sidecar import B0_DIRECTION_KEY, SidecarInfo, parse_sidecar
 
@@ -90,6 +90,8 @@ class Acquisition:
     b0_direction: np.ndarray
     affine: np.ndarray
     shape: tuple
+    phase_encoding: str | None = None
+    effective_echo_spacing: float | None = None
 
     def __post_init__(self):
         te = check_echo_times(self.echo_times)
@@ -108,6 +110,15 @@ class Acquisition:
         set_(self, "b0_direction", _readonly(check_b0_direction(self.b0_direction)))
         set_(self, "affine", _readonly(affine))
         set_(self, "shape", _check_shape(self.shape, te.size))
+        if self.phase_encoding is not None:
+            axis, polarity = parse_phase_encoding(self.phase_encoding)
+            set_(self, "phase_encoding", "ijk"[axis] + ("-" if polarity < 0 else ""))
+        if self.effective_echo_spacing is not None:
+            ees = float(self.effective_echo_spacing)
+            if not 0 < ees < 5e-3:
+                raise ValueError(f"effective echo spacing must be in seconds (0 < EES < 5 ms), got "
+                                 f"{self.effective_echo_spacing}")
+            set_(self, "effective_echo_spacing", ees)
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -145,7 +156,8 @@ class Acquisition:
 
     # ---------------------------------------------------------------- constructors
     @classmethod
-    def from_affine(cls, affine, shape, *, echo_times, field_strength, b0_direction=None):
+    def from_affine(cls, affine, shape, *, echo_times, field_strength, b0_direction=None, phase_encoding=None,
+                    effective_echo_spacing=None):
         """Build an acquisition from an affine, deriving voxel sizes and (by default) B0.
 
         Parameters
@@ -160,6 +172,10 @@ class Acquisition:
         b0_direction : array_like, shape (3,), optional
             B0 in voxel axes; default ``normalize(R.T @ (0, 0, 1))`` from the affine. Give it
             explicitly for resampled data.
+        phase_encoding : str, optional
+            EPI phase-encoding direction, BIDS style (``"j"``, ``"j-"``, ...).
+        effective_echo_spacing : float, optional
+            EPI effective echo spacing in seconds (BIDS ``EffectiveEchoSpacing``).
 
         Returns
         -------
@@ -175,6 +191,8 @@ class Acquisition:
             b0_direction=b0_direction,
             affine=affine,
             shape=shape,
+            phase_encoding=phase_encoding,
+            effective_echo_spacing=effective_echo_spacing,
         )
 
     @classmethod
@@ -220,7 +238,9 @@ class Acquisition:
             if dir_side is not None:
                 _pick(b0_direction, dir_side, "b0_direction", B0_DIRECTION_KEY, "")
         bdir = b0_direction if b0_direction is not None else dir_side
-        return cls.from_affine(affine, shape, echo_times=te, field_strength=b0, b0_direction=bdir)
+        pe, ees = _epi_readout(infos, shape)
+        return cls.from_affine(affine, shape, echo_times=te, field_strength=b0, b0_direction=bdir,
+                               phase_encoding=pe, effective_echo_spacing=ees)
 
     # ---------------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
@@ -232,6 +252,8 @@ class Acquisition:
             "b0_direction": self.b0_direction.tolist(),
             "affine": self.affine.tolist(),
             "shape": list(self.shape),
+            "phase_encoding": self.phase_encoding,
+            "effective_echo_spacing": self.effective_echo_spacing,
         }
 
     @classmethod
@@ -240,22 +262,28 @@ class Acquisition:
         if not isinstance(d, Mapping):
             raise ValueError(f"Acquisition.from_dict needs a dict, got {type(d).__name__}")
         names = [f.name for f in fields(cls)]
+        optional = {"phase_encoding", "effective_echo_spacing"}
         unknown = sorted(set(d) - set(names))
-        missing = [n for n in names if n not in d]
+        missing = [n for n in names if n not in d and n not in optional]
         if unknown or missing:
             raise ValueError(
                 f"Acquisition.from_dict: unknown key(s) {unknown}, missing key(s) {missing}; expected {names}"
             )
-        return cls(**{n: d[n] for n in names})
+        return cls(**{n: d[n] for n in names if n in d})
 
     def to_sidecar(self) -> dict:
         """BIDS sidecar keys: ``EchoTime`` (s), ``MagneticFieldStrength`` (T), ``B0Direction``."""
         te = self.echo_times.tolist()
-        return {
+        out = {
             "EchoTime": te[0] if len(te) == 1 else te,
             "MagneticFieldStrength": float(self.field_strength),
             B0_DIRECTION_KEY: self.b0_direction.tolist(),
         }
+        if self.phase_encoding is not None:
+            out["PhaseEncodingDirection"] = self.phase_encoding
+        if self.effective_echo_spacing is not None:
+            out["EffectiveEchoSpacing"] = self.effective_echo_spacing
+        return out
 
 
 def _as_infos(sidecars):
@@ -264,6 +292,35 @@ def _as_infos(sidecars):
     if not isinstance(sidecars, Sequence) or len(sidecars) == 0:
         raise ValueError("sidecars must be a path, a dict, or a non-empty list of them")
     return [s if isinstance(s, SidecarInfo) else parse_sidecar(s) for s in sidecars]
+
+
+def _epi_readout(infos, shape):
+    """Phase-encoding direction and effective echo spacing from the sidecars (None where absent).
+
+    ``PhaseEncodingDirection`` (BIDS) or chimap's older ``PhaseEncodingAxis`` (an int, positive
+    polarity); ``EffectiveEchoSpacing``, else ``TotalReadoutTime / (N_pe - 1)`` (BIDS definition).
+    """
+    raw = infos[0].raw
+    pe = raw.get("PhaseEncodingDirection")
+    if pe is None and raw.get("PhaseEncodingAxis") is not None:
+        pe = raw["PhaseEncodingAxis"]
+    if pe is not None:
+        try:
+            axis, polarity = parse_phase_encoding(pe)
+        except ValueError as exc:
+            raise ValueError(f"{infos[0].source}: {exc}") from None
+        pe = "ijk"[axis] + ("-" if polarity < 0 else "")
+    ees = raw.get("EffectiveEchoSpacing")
+    if ees is None and raw.get("TotalReadoutTime") is not None and pe is not None:
+        n_pe = int(shape["ijk".index(pe[0])])
+        if n_pe > 1:
+            ees = float(raw["TotalReadoutTime"]) / (n_pe - 1)
+    if ees is not None:
+        if isinstance(ees, bool) or not isinstance(ees, (int, float)) or not 0 < ees < 5e-3:
+            raise ValueError(f"{infos[0].source}: EffectiveEchoSpacing must be in seconds (0 < EES < 5 ms), "
+                             f"got {ees!r}")
+        ees = float(ees)
+    return pe, ees
 
 
 def _agreeing(values, infos, key):

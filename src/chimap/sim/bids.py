@@ -70,7 +70,7 @@ def write_simulated_head(head, out_dir, *, subject="sim"):
     }
     if acq == "epi":
         common.update(EffectiveEchoSpacing=head.params["echo_spacing"] / head.params["segments"],
-                      PhaseEncodingAxis=int(head.params["pe_axis"]))
+                      PhaseEncodingDirection="ijk"[int(head.params["pe_axis"])])
     paths = {"magnitude": [], "phase": []}
     for e, te in enumerate(head.echo_times):
         for part, data in (("mag", head.magnitude[..., e]), ("phase", head.phase[..., e])):
