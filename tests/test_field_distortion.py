@@ -157,3 +157,22 @@ def test_pipeline_unwarping_improves_single_echo_epi():
     on = err(run(h.magnitude, h.phase, config=resolve("fast"), **kw))
     off = err(run(h.magnitude, h.phase, config=resolve("fast", overrides={"distortion": {"method": "none"}}), **kw))
     assert on < off - 0.15
+
+
+@pytest.mark.parametrize("args,match", [(["--effective-echo-spacing", "0.5"], "ms"),
+                                        (["--phase-encoding", "AP", "--effective-echo-spacing", "2e-4"],
+                                         "phase-encoding")])
+def test_cli_rejects_bad_epi_readout(tmp_path, capsys, args, match):
+    import nibabel as nib
+
+    from chimap import cli
+
+    rng = np.random.default_rng(0)
+    for name, data in (("mag", rng.uniform(1, 2, (10, 10, 10))), ("phase", rng.uniform(-3, 3, (10, 10, 10)))):
+        nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    out = tmp_path / "out"
+    rc = cli.main(["run", "--magnitude", str(tmp_path / "mag.nii.gz"), "--phase", str(tmp_path / "phase.nii.gz"),
+                   "--echo-times", "0.02", "--field-strength", "3", "-o", str(out), *args])
+    assert rc == 2
+    assert match in capsys.readouterr().err
+    assert not (out / "chi.nii.gz").exists()

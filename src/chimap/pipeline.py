@@ -432,8 +432,11 @@ def _inversion_weight(kind, magnitude, reliability, mask):
 
 def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_strength=None, b0_direction=None,
               mask=None, output, preset="default", config_file=None, overrides=None, phase_units="auto",
-              phase_sign=1, intermediates=None, reference_labels=None, argv=None) -> Path:
+              phase_sign=1, intermediates=None, reference_labels=None, phase_encoding=None,
+              effective_echo_spacing=None, argv=None) -> Path:
     """Load inputs, run the pipeline and write ``chi.nii.gz``, ``mask.nii.gz`` and ``chimap.json``.
+
+    ``phase_encoding`` and ``effective_echo_spacing`` (EPI) override the sidecars' values.
 
     Every output is validated and written atomically; the output folder receives nothing when an
     input is rejected.
@@ -446,6 +449,13 @@ def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_streng
     mag, pha, acq = load_multiecho(phase=phase, magnitude=magnitude, json=json, echo_times=echo_times,
                                    field_strength=field_strength, b0_direction=b0_direction,
                                    phase_units=phase_units, phase_sign=phase_sign)
+    if phase_encoding is not None or effective_echo_spacing is not None:
+        import dataclasses
+
+        acq = dataclasses.replace(
+            acq, phase_encoding=acq.phase_encoding if phase_encoding is None else phase_encoding,
+            effective_echo_spacing=(acq.effective_echo_spacing if effective_echo_spacing is None
+                                    else effective_echo_spacing))
     ext_mask = None
     if mask is not None:
         ext_mask, mask_affine, _ = load_nifti(mask)

@@ -35,6 +35,11 @@ def add_arguments(parser):
                      help="auto, rad, siemens, milliradians, uint16, degrees or range (default auto)")
     src.add_argument("--phase-sign", type=int, choices=[1, -1], default=1,
                      help="-1 for vendors whose phase has the opposite sign")
+    src.add_argument("--phase-encoding", default=None, metavar="DIR",
+                     help="EPI phase-encoding direction, BIDS style (i, j, k, i-, j-, k-); with "
+                          "--effective-echo-spacing the phase-encode distortion is corrected (default: sidecar)")
+    src.add_argument("--effective-echo-spacing", type=float, default=None, metavar="S",
+                     help="EPI effective echo spacing in seconds (default: sidecar EffectiveEchoSpacing)")
     parser.add_argument("-o", "--output", required=False, metavar="DIR", help="output folder")
     parser.add_argument("--preset", default="default", help="shipped preset (default, fast, ...)")
     parser.add_argument("--config", default=None, metavar="TOML", help="configuration file over the preset")
@@ -73,7 +78,8 @@ def run(args) -> int:
                     json=_one_or_list(json) if json else None, echo_times=args.echo_times,
                     field_strength=args.field_strength, b0_direction=args.b0_direction, mask=args.mask,
                     output=args.output, preset=args.preset, config_file=args.config, overrides=overrides,
-                    reference_labels=args.reference_labels,
+                    reference_labels=args.reference_labels, phase_encoding=args.phase_encoding,
+                    effective_echo_spacing=args.effective_echo_spacing,
                     phase_units=args.phase_units, phase_sign=args.phase_sign,
                     intermediates=args.intermediates or None, argv=sys.argv)
     log.info("wrote %s", Path(out) / "chi.nii.gz")
