@@ -121,8 +121,11 @@ def test_shape_mismatch_and_dtype(func):
 
 
 def test_methods_are_pipeline_choices():
-    for method in ("tsvd", "tikhonov"):
+    for method in ("tsvd", "tikhonov", "ilsqr", "star_qsm", "medi"):
         cfg = resolve("fast", overrides={"invert": {"method": method}})
         assert cfg["invert"]["method"] == method
+    # array arguments are supplied by the pipeline, never configured
+    with pytest.raises(ValueError, match="unknown key"):
+        resolve("fast", overrides={"invert": {"method": "medi", "csf_mask": 1}})
     with pytest.raises(ValueError, match="unknown key"):
         resolve("fast", overrides={"invert": {"method": "tsvd", "alpha": 0.1}})

@@ -55,6 +55,9 @@ STEPS: dict[str, dict[str, str]] = {
         "rts": "chimap.invert:rts",
         "tv_admm": "chimap.invert:tv_admm",
         "tv_admm_wh": "chimap.invert:tv_admm_wh",
+        "medi": "chimap.invert:medi",
+        "ilsqr": "chimap.invert:ilsqr",
+        "star_qsm": "chimap.invert:star_qsm",
     },
     "reference": {
         "brain": "",
@@ -93,7 +96,7 @@ _SUPPLIED = {"phase", "phases", "magnitude", "mask", "voxel_size", "echo_times",
              "b0_direction", "total_field", "local_field", "field", "weight", "weights",
              "phase_unwrapped", "data", "noise", "chi", "unwrap", "phase_offset", "template",
              "return_info", "return_residual", "return_harmonic", "harmonic_mask", "refine_field",
-             "refine_every", "refine_times"}
+             "refine_every", "refine_times", "noise_std", "csf_mask"}
 
 
 def available_presets() -> list[str]:

@@ -388,6 +388,8 @@ def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings):
 
                 kw["refine_field"] = refine
                 kw["refine_times"] = refinements
+        if mag_weight is not None and "magnitude" in inspect.signature(invert).parameters:
+            kw["magnitude"] = mag_weight  # MEDI's edge mask
         chi = invert(local, valid, vs, b0_direction=b0, **kw)
     return chi, valid, local
 

@@ -4,6 +4,11 @@
 :func:`tkd`            truncated k-space division (Shmueli 2009, Wharton 2010)
 :func:`tsvd`           truncated SVD: frequencies with ``|D|`` below a threshold dropped (Wharton 2010)
 :func:`tikhonov`       closed-form L2 inversion, gradient or identity regulariser (Bilgic 2014)
+:func:`ilsqr`          LSQR, fast QSM and streaking-artefact estimation and removal (Li 2015)
+:func:`star_qsm`       streaking artefact reduction: strong sources (L1) first, then weak ones
+                       (TV; chimap's deviation, see the module) (Wei 2015)
+:func:`medi`           morphology-enabled dipole inversion: nonlinear data term, L1 gradient prior
+                       off the magnitude's edges, optional SMV, MERIT and MEDI+0 (Liu 2011/2012/2018)
 :func:`rts`            rapid two-step: LSMR, then TV fill-in of the magic cone (Kames 2018)
 :func:`tv_admm`        total-variation regularised inversion with ADMM (FANSI weighted linear
                        TV, Milovic 2018; closed-form variant of Bilgic 2014)
@@ -42,10 +47,14 @@ noise of a 4-echo 3 T acquisition at SNR 100. On a sphere (chi 0.1 ppm, radius 1
 """
 
 from .closed_form import tikhonov, tsvd
+from .ilsqr import ilsqr
+from .medi import DEFAULT_MEDI_LAMBDA, MEDI_RAD_PER_PPM, medi, medi_csf_mask
 from .rts import rts
+from .star import star_qsm
 from .tkd import tkd, truncated_inverse_kernel
 from .tv import DEFAULT_ALPHA, tv_admm
 from .tv_wh import DEFAULT_WH_BETA, tv_admm_wh
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_WH_BETA", "rts", "tikhonov", "tkd", "truncated_inverse_kernel", "tsvd",
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_MEDI_LAMBDA", "DEFAULT_WH_BETA", "MEDI_RAD_PER_PPM", "ilsqr", "medi",
+           "medi_csf_mask", "rts", "star_qsm", "tikhonov", "tkd", "truncated_inverse_kernel", "tsvd",
            "tv_admm", "tv_admm_wh"]
