@@ -121,7 +121,7 @@ def test_shape_mismatch_and_dtype(func):
 
 
 def test_methods_are_pipeline_choices():
-    for method in ("tsvd", "tikhonov", "ilsqr", "star_qsm", "medi"):
+    for method in ("tsvd", "tikhonov", "ilsqr", "star_qsm", "medi", "nltv", "ndi"):
         cfg = resolve("fast", overrides={"invert": {"method": method}})
         assert cfg["invert"]["method"] == method
     # array arguments are supplied by the pipeline, never configured

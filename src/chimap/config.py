@@ -58,6 +58,8 @@ STEPS: dict[str, dict[str, str]] = {
         "medi": "chimap.invert:medi",
         "ilsqr": "chimap.invert:ilsqr",
         "star_qsm": "chimap.invert:star_qsm",
+        "nltv": "chimap.invert:nltv",
+        "ndi": "chimap.invert:ndi",
     },
     "reference": {
         "brain": "",

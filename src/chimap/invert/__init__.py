@@ -9,6 +9,10 @@
                        (TV; chimap's deviation, see the module) (Wei 2015)
 :func:`medi`           morphology-enabled dipole inversion: nonlinear data term, L1 gradient prior
                        off the magnitude's edges, optional SMV, MERIT and MEDI+0 (Liu 2011/2012/2018)
+:func:`nltv`           TV with the nonlinear (complex exponential) data term, ADMM with a per-voxel
+                       Newton step (FANSI nlTV, Milovic 2018)
+:func:`ndi`            nonlinear dipole inversion: gradient descent on the complex data term with
+                       Tikhonov and early stopping (Polak 2020)
 :func:`rts`            rapid two-step: LSMR, then TV fill-in of the magic cone (Kames 2018)
 :func:`tv_admm`        total-variation regularised inversion with ADMM (FANSI weighted linear
                        TV, Milovic 2018; closed-form variant of Bilgic 2014)
@@ -49,12 +53,14 @@ noise of a 4-echo 3 T acquisition at SNR 100. On a sphere (chi 0.1 ppm, radius 1
 from .closed_form import tikhonov, tsvd
 from .ilsqr import ilsqr
 from .medi import DEFAULT_MEDI_LAMBDA, MEDI_RAD_PER_PPM, medi, medi_csf_mask
+from .nonlinear import DEFAULT_NDI_ALPHA, DEFAULT_PHASE_SCALE, ndi, nltv, rad_per_ppm
 from .rts import rts
 from .star import star_qsm
 from .tkd import tkd, truncated_inverse_kernel
 from .tv import DEFAULT_ALPHA, tv_admm
 from .tv_wh import DEFAULT_WH_BETA, tv_admm_wh
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_MEDI_LAMBDA", "DEFAULT_WH_BETA", "MEDI_RAD_PER_PPM", "ilsqr", "medi",
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_MEDI_LAMBDA", "DEFAULT_NDI_ALPHA", "DEFAULT_PHASE_SCALE", "ndi", "nltv",
+           "rad_per_ppm", "DEFAULT_WH_BETA", "MEDI_RAD_PER_PPM", "ilsqr", "medi",
            "medi_csf_mask", "rts", "star_qsm", "tikhonov", "tkd", "truncated_inverse_kernel", "tsvd",
            "tv_admm", "tv_admm_wh"]
