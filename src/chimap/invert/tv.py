@@ -36,11 +36,15 @@ import numpy as np
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
 from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
+from .autoreg import choose_alpha, parse_alpha, warm_solver
 
 __all__ = ["DEFAULT_ALPHA", "tv_admm"]
 
 #: Default TV weight for fields in ppm and gradients in ppm/mm (see :func:`tv_admm`).
 DEFAULT_ALPHA = 3e-4
+
+#: Criterion of ``alpha="auto"`` (see :mod:`chimap.invert.autoreg`).
+DEFAULT_CRITERION = "cv"
 
 
 def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alpha=DEFAULT_ALPHA,
@@ -59,10 +63,14 @@ def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alph
         Voxel sizes in mm (anisotropic allowed: differences are physical, per mm).
     b0_direction : array_like, shape (3,)
         B0 direction in voxel axes.
-    alpha : float
+    alpha : float or str
         TV regularisation weight (> 0), for the field in ppm and gradients in ppm/mm. The
         default was chosen from a sweep on simulated heads at 1.5, 2 and 3 mm, with and
-        without noise (see the package notes in :mod:`chimap.invert`).
+        without noise (see the package notes in :mod:`chimap.invert`). ``"auto"`` chooses it
+        from the data by hold-out cross-validation of the field (:data:`DEFAULT_CRITERION`;
+        weighted solver only), ``"auto:frequency"``, ``"auto:lcurve"`` or
+        ``"auto:inflection"`` by another criterion (:mod:`chimap.invert.autoreg`); the sweep
+        is warm-started and the whole call costs about one to two fixed-weight solves.
     weight : numpy.ndarray, shape (I, J, K), optional
         Data-fidelity weight ``W`` (e.g. the magnitude, or 1 / field noise SD); zero or
         positive, used inside the mask only and normalised to unit root-mean-square there, so
@@ -90,7 +98,10 @@ def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alph
         Isotropic TV (Euclidean norm of the gradient, default) or anisotropic TV (sum of the
         absolute differences, as in Bilgic 2014).
     return_info : bool
-        Also return a dict with ``iterations``, ``converged`` and ``relative_change``.
+        Also return a dict with ``iterations``, ``converged`` and ``relative_change`` (of the
+        final solve); with an automatic ``alpha`` also ``alpha`` (the chosen weight) and
+        ``alpha_selection`` (the sweep, see :func:`chimap.invert.autoreg.choose_alpha`, plus
+        ``sweep_iterations``).
 
     Returns
     -------
@@ -105,10 +116,11 @@ def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alph
     ------
     ValueError
         Invalid shapes, empty mask, NaN/inf inside the mask, bad voxel size, zero B0
-        direction, ``alpha``, ``rho``, ``mu``, ``tol`` or ``max_iter`` not positive, or a bad
-        weight.
+        direction, ``alpha`` neither positive nor an ``"auto"`` string, ``rho``, ``mu``,
+        ``tol`` or ``max_iter`` not positive, a bad weight, or ``alpha="auto"`` with
+        ``solver="closed_form"``.
     """
-    alpha = check_positive(alpha, "alpha")
+    alpha, criterion = parse_alpha(alpha)
     rho = check_positive(rho, "rho", allow_none=True)
     mu = check_positive(mu, "mu")
     tol = check_positive(tol, "tol")
@@ -122,78 +134,143 @@ def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alph
     relax = float(relax)
     if not 0.0 < relax < 2.0:
         raise ValueError(f"relax must be in (0, 2), got {relax!r}")
-    if rho is None:
-        rho = 100.0 * alpha
     w = None
     if solver == "weighted":
         w = check_weight(mask if weight is None else weight, mask, dom.dtype)
-
-    dt = dom.dtype.type
-    shape = dom.padded
-    fft, ifft = real_fft_pair(shape, dom.dtype)
-
-    d = dipole_kernel(shape, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
-    e2 = -laplacian_kernel(shape, vs, real_fft=True, dtype=dom.dtype)  # |E|^2 >= 0
-    inv_h = (1.0 / vs).astype(np.float64)
-    thr = alpha / rho
-
-    f_pad = dom.pad(field)
-    chi = np.zeros(shape, dtype=dom.dtype)
-    prev = np.zeros(shape, dtype=dom.dtype)
-    u = np.zeros((3,) + shape, dtype=dom.dtype)
-    s = np.zeros((3,) + shape, dtype=dom.dtype)
-    ets = np.zeros(shape, dtype=dom.dtype)
-
-    if w is None:
-        denom = d * d + dt(rho) * e2
-        denom[0, 0, 0] = 1  # D(0) = |E(0)| = 0: the mean of chi is not determined; keep 0
-        inv = (1 / denom).astype(dom.dtype)
-        inv[0, 0, 0] = 0
-        del denom
-        dtf = fft(f_pad)
-        dtf *= d * inv
-        rho_inv = inv * dt(rho)
-        del inv, f_pad
-    else:
-        w2 = dom.pad(w * w)
-        w2f = w2 * f_pad
-        denom = dt(mu) * d * d + dt(rho) * e2
-        denom[0, 0, 0] = 1
-        inv = (1 / denom).astype(dom.dtype)
-        inv[0, 0, 0] = 0
-        del denom
-        rho_inv = inv * dt(rho)
-        mu_d_inv = inv * d * dt(mu)
-        del inv
-        u2 = np.zeros(shape, dtype=dom.dtype)
-        t = np.where(w2 > 0, f_pad, dt(0))  # z2 - u2: start from z2 = f where W > 0, u2 = 0
-        del f_pad
-
-    converged = False
-    change = np.inf
-    it = 0
-    for it in range(1, max_iter + 1):
-        # chi update (closed form in k-space)
-        K.grad_adjoint(s, ets, inv_h)
-        spec = fft(ets)
-        spec *= rho_inv
-        if w is None:
-            spec += dtf
-        else:
-            spec += fft(t) * mu_d_inv
-        chi = ifft(spec).astype(dom.dtype, copy=False)
-        change = K.relative_change(chi, prev)
-        if change < tol:
-            converged = True
-            break
-        # z/u update (TV prox)
-        K.grad_shrink_update(chi, u, s, inv_h, thr, bool(isotropic), relax)
-        if w is not None:
-            spec = fft(chi)
-            spec *= d
-            dchi = ifft(spec).astype(dom.dtype, copy=False)
-            K.fidelity_update(dchi, w2f, w2, dt(mu), u2, t, relax)
-    out = dom.unpad(chi, mask)
+    state = _TVADMM(field, mask, vs, b, dom, w, mu=mu, isotropic=isotropic, relax=relax)
+    selection = None
+    if criterion is not None:
+        criterion = DEFAULT_CRITERION if criterion == "default" else criterion
+        if w is None and criterion == "cv":
+            raise ValueError('alpha="auto" cross-validates the data fit, which needs the weighted solver: '
+                             'use solver="weighted" or alpha="auto:frequency" / "auto:lcurve"')
+        # sweep over alpha, each weight warm-started from the previous one; the final solve
+        # continues from the sweep's last state, with every voxel's data weight restored
+        solve = warm_solver(state, rho=rho, tol=tol)
+        alpha, selection = choose_alpha(solve, field, mask, vs, b0_direction=b, weight=w,
+                                        pad_factor=pad_factor, regulariser="tv", criterion=criterion)
+        selection["sweep_iterations"] = solve.calls["iterations"]
+        state.set_weight(w)
+    state.set_alpha(alpha, 100.0 * alpha if rho is None else rho)
+    it, converged, change = state.run(max_iter, tol)
+    out = state.chi_out()
     if return_info:
-        return out, {"iterations": it, "converged": converged, "relative_change": float(change)}
+        info = {"iterations": it, "converged": converged, "relative_change": float(change)}
+        if selection is not None:
+            info["alpha"] = alpha
+            info["alpha_selection"] = selection
+        return out, info
     return out
+
+
+class _TVADMM:
+    """The TV-ADMM iteration state on the padded grid (private).
+
+    Built once per problem; :meth:`set_alpha` changes the weight (and the ADMM penalty) while
+    keeping every split variable and scaled dual, so that a sweep over ``alpha`` warm-starts
+    each solve from the previous one. With ``rho`` proportional to ``alpha`` (the default
+    ``100 * alpha``) the shrinkage threshold ``alpha / rho`` and the scaled dual ``u`` of the
+    optimum do not change with ``alpha``: only the k-space inverse is rebuilt.
+    """
+
+    def __init__(self, field, mask, vs, b, dom, w, *, mu, isotropic, relax):
+        self.mask, self.vs, self.dom, self.w = mask, vs, dom, w
+        self.mu, self.isotropic, self.relax = mu, bool(isotropic), relax
+        shape = dom.padded
+        self.fft, self.ifft = real_fft_pair(shape, dom.dtype)
+        self.d = dipole_kernel(shape, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
+        self.e2 = -laplacian_kernel(shape, vs, real_fft=True, dtype=dom.dtype)  # |E|^2 >= 0
+        self.inv_h = (1.0 / vs).astype(np.float64)
+        self.f_pad = dom.pad(field)
+        self.chi = np.zeros(shape, dtype=dom.dtype)
+        self.prev = np.zeros(shape, dtype=dom.dtype)
+        self.u = np.zeros((3,) + shape, dtype=dom.dtype)
+        self.s = np.zeros((3,) + shape, dtype=dom.dtype)
+        self.ets = np.zeros(shape, dtype=dom.dtype)
+        if w is None:
+            self.f_spec = self.fft(self.f_pad)
+        else:
+            self.w2 = dom.pad(w * w)
+            self.w2f = self.w2 * self.f_pad
+            self.u2 = np.zeros(shape, dtype=dom.dtype)
+            # z2 - u2: start from z2 = f where W > 0, u2 = 0
+            self.t = np.where(self.w2 > 0, self.f_pad, dom.dtype.type(0))
+        self.alpha = self.rho = None
+
+    def set_weight(self, w):
+        """Replace the data weight (input grid, zero outside the mask; weighted solver only)."""
+        if self.w is None:
+            if w is not None:
+                raise ValueError("the closed-form solver has no data weight")
+            return
+        self.w2 = self.dom.pad(np.where(self.mask, w, 0) ** 2)
+        self.w2f = self.w2 * self.f_pad
+
+    def set_alpha(self, alpha, rho):
+        """Set the TV weight and the ADMM penalty of the gradient split (rebuilds the k-space
+        inverse; the iterates are kept)."""
+        dt = self.dom.dtype.type
+        d, e2 = self.d, self.e2
+        if self.w is None:
+            denom = d * d + dt(rho) * e2
+        else:
+            denom = dt(self.mu) * d * d + dt(rho) * e2
+        denom[0, 0, 0] = 1  # D(0) = |E(0)| = 0: the mean of chi is not determined; keep 0
+        inv = (1 / denom).astype(self.dom.dtype)
+        inv[0, 0, 0] = 0
+        del denom
+        self.rho_inv = inv * dt(rho)
+        if self.w is None:
+            self.dtf = self.f_spec * (d * inv)
+        else:
+            self.mu_d_inv = inv * d * dt(self.mu)
+        self.alpha, self.rho = float(alpha), float(rho)
+
+    def run(self, max_iter, tol):
+        """At most ``max_iter`` iterations; stop when the relative change is below ``tol``.
+        Returns ``(iterations, converged, relative_change)``."""
+        dt = self.dom.dtype.type
+        fft, ifft = self.fft, self.ifft
+        thr = self.alpha / self.rho
+        converged = False
+        change = np.inf
+        it = 0
+        for it in range(1, max_iter + 1):
+            # chi update (closed form in k-space)
+            K.grad_adjoint(self.s, self.ets, self.inv_h)
+            spec = fft(self.ets)
+            spec *= self.rho_inv
+            if self.w is None:
+                spec += self.dtf
+            else:
+                spec += fft(self.t) * self.mu_d_inv
+            self.chi = ifft(spec).astype(self.dom.dtype, copy=False)
+            change = K.relative_change(self.chi, self.prev)
+            if change < tol:
+                converged = True
+                break
+            # z/u update (TV prox)
+            K.grad_shrink_update(self.chi, self.u, self.s, self.inv_h, thr, self.isotropic, self.relax)
+            if self.w is not None:
+                spec = fft(self.chi)
+                spec *= self.d
+                dchi = ifft(spec).astype(self.dom.dtype, copy=False)
+                K.fidelity_update(dchi, self.w2f, self.w2, dt(self.mu), self.u2, self.t, self.relax)
+        return it, converged, change
+
+    def chi_out(self):
+        """The current chi on the input grid, zero outside the mask."""
+        return self.dom.unpad(self.chi, self.mask)
+
+    def measures(self):
+        """``(data, regulariser, predicted_field)``: ``sum W^2 (D chi - f)^2`` and ``TV(chi)``
+        on the padded grid (:func:`.autoreg.solver_costs`), and ``D chi`` on the input grid,
+        zero outside the mask (ppm); chi outside the mask is included in all three."""
+        from .autoreg import solver_costs
+
+        spec = self.fft(self.chi)
+        spec *= self.d
+        pred = self.ifft(spec)
+        data, reg = solver_costs(self.chi, self.f_pad, None, self.vs, isotropic=self.isotropic,
+                                 w2=None if self.w is None else self.w2, predicted_pad=pred)
+        return data, reg, self.dom.unpad(pred, self.mask)

@@ -24,7 +24,8 @@ import numpy as np
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
 from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
-from .tv import DEFAULT_ALPHA
+from .autoreg import choose_alpha, parse_alpha, warm_solver
+from .tv import DEFAULT_ALPHA, DEFAULT_CRITERION
 
 __all__ = ["DEFAULT_WH_BETA", "tv_admm_wh"]
 
@@ -50,8 +51,11 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
         Voxel sizes in mm.
     b0_direction : array_like, shape (3,)
         B0 direction in voxel axes.
-    alpha : float
-        TV weight (> 0), as in :func:`chimap.invert.tv_admm`.
+    alpha : float or str
+        TV weight (> 0), or ``"auto"`` / ``"auto:<criterion>"``, as in
+        :func:`chimap.invert.tv_admm`. The automatic sweep fits the given field (no
+        ``refine_field`` refinement); the cross-validated prediction includes the fitted
+        harmonic field.
     beta : float
         Weight (> 0) of the harmonicity penalty ``beta/2 ||M_h L phi||^2`` (field in ppm,
         Laplacian in ppm/mm^2). Large ``beta``: ``phi`` is strictly harmonic in ``M_h``.
@@ -75,7 +79,8 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
     return_harmonic : bool
         Also return ``phi``, the fitted residual harmonic field (ppm, zero outside ``mask``).
     return_info : bool
-        Also return a dict with ``iterations``, ``converged`` and ``relative_change``.
+        Also return a dict with ``iterations``, ``converged`` and ``relative_change``; with an
+        automatic ``alpha`` also ``alpha`` and ``alpha_selection`` (as in ``tv_admm``).
 
     Returns
     -------
@@ -93,7 +98,7 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
         As :func:`chimap.invert.tv_admm`; also for a non-positive ``beta`` or ``nu`` or a bad
         ``harmonic_mask``.
     """
-    alpha = check_positive(alpha, "alpha")
+    alpha, criterion = parse_alpha(alpha)
     beta = check_positive(beta, "beta")
     rho = check_positive(rho, "rho", allow_none=True)
     nu = check_positive(nu, "nu", allow_none=True)
@@ -120,104 +125,173 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
             raise ValueError("harmonic_mask is empty")
         if np.any(hmask & ~dom_box_mask(dom)):
             raise ValueError("harmonic_mask must lie inside the bounding box of mask")
-    rho = 100.0 * alpha if rho is None else rho
-    nu = beta if nu is None else nu
     w = check_weight(mask if weight is None else weight, mask, dom.dtype)
-
-    dt = dom.dtype.type
-    shape = dom.padded
-    fft, ifft = real_fft_pair(shape, dom.dtype)
-
-    d = dipole_kernel(shape, vs, b0_direction=b, real_fft=True, dtype=np.float64)
-    lap = laplacian_kernel(shape, vs, real_fft=True, dtype=np.float64)  # <= 0
-    e2 = -lap
-    # joint (chi, phi) update: [[mu D^2 + rho E2, mu D], [mu D, mu + nu L^2]] [X, P] = [R1, R2]
-    # with R1 = mu D T + rho S, R2 = mu T + nu L C (T = F(y - u2), S = F(G^T(z - u)),
-    # C = F(q - u3)); closed-form 2 x 2 inverse, coefficients precomputed per frequency.
-    a11 = mu * d * d + rho * e2
-    a22 = mu + nu * e2 * e2
-    det = mu * nu * d * d * e2 * e2 + rho * mu * e2 + rho * nu * e2 * e2 * e2
-    det[0, 0, 0] = 1.0
-    inv = 1.0 / det
-    del det
-    c = {
-        "xt": mu * nu * d * e2 * e2 * inv,
-        "xs": rho * a22 * inv,
-        "xc": mu * nu * d * e2 * inv,
-        "pt": mu * rho * e2 * inv,
-        "ps": -mu * rho * d * inv,
-        "pc": -a11 * nu * e2 * inv,
-    }
-    del a11, a22, inv
-    for value in c.values():
-        value[0, 0, 0] = 0.0
-    c["pt"][0, 0, 0] = 1.0  # k = 0: chi mean undetermined (0); phi mean fitted to the data
-    c = {k: v.astype(dom.dtype) for k, v in c.items()}
-    d = d.astype(dom.dtype)
-    lap = lap.astype(dom.dtype)
-    del e2
-    inv_h = (1.0 / vs).astype(np.float64)
-    thr = alpha / rho
-
-    f_pad = dom.pad(field)
-    w2 = dom.pad(w * w)
-    w2f = w2 * f_pad
-    hb = dom.pad(hmask.astype(dom.dtype)) * dt(beta)
-    zero = np.zeros(shape, dtype=dom.dtype)
-    chi = np.zeros(shape, dtype=dom.dtype)
-    prev = np.zeros(shape, dtype=dom.dtype)
-    u = np.zeros((3,) + shape, dtype=dom.dtype)
-    s = np.zeros((3,) + shape, dtype=dom.dtype)
-    ets = np.zeros(shape, dtype=dom.dtype)
-    u2 = np.zeros(shape, dtype=dom.dtype)
-    t = np.where(w2 > 0, f_pad, dt(0))
-    u3 = np.zeros(shape, dtype=dom.dtype)
-    cq = np.zeros(shape, dtype=dom.dtype)
-    del f_pad
-
     refine_every = check_positive(refine_every, "refine_every", integer=True)
     refine_times = int(refine_times) if refine_field is not None else 0
     if refine_field is not None and not callable(refine_field):
         raise ValueError("refine_field must be a callable chi -> local field")
-    converged = False
-    change = np.inf
-    it = 0
-    refined = 0
-    phi_spec = None
-    for it in range(1, max_iter + 1):
-        K.grad_adjoint(s, ets, inv_h)
-        ts, ss, cs = fft(t), fft(ets), fft(cq)
-        xs = c["xt"] * ts
-        xs += c["xs"] * ss
-        xs += c["xc"] * cs
-        phi_spec = c["pt"] * ts
-        phi_spec += c["ps"] * ss
-        phi_spec += c["pc"] * cs
-        del ts, ss, cs
-        chi = ifft(xs)
-        change = K.relative_change(chi, prev)
-        if refined < refine_times and (it % refine_every == 0 or change < tol):
-            new_field = np.asarray(refine_field(dom.unpad(chi, mask)))
-            if new_field.shape != mask.shape or not np.all(np.isfinite(new_field[mask])):
-                raise ValueError("refine_field must return a finite field of the input shape")
-            w2f = w2 * dom.pad(np.where(mask, new_field, 0).astype(dom.dtype))
-            refined += 1
-        elif change < tol:
-            converged = True
-            break
-        K.grad_shrink_update(chi, u, s, inv_h, thr, bool(isotropic), relax)
-        xs *= d
-        xs += phi_spec
-        K.fidelity_update(ifft(xs), w2f, w2, dt(mu), u2, t, relax)
-        # q = nu (L phi + u3) / (beta M_h + nu): the same pointwise form with zero "data"
-        K.fidelity_update(ifft(phi_spec * lap), zero, hb, dt(nu), u3, cq, relax)
-    out = dom.unpad(chi, mask)
+
+    state = _TVWH(field, mask, vs, b, dom, w, beta=beta, hmask=hmask, mu=mu, nu=nu,
+                  isotropic=isotropic, relax=relax)
+    selection = None
+    if criterion is not None:
+        # sweep over alpha on the given field (no boundary refinement), each weight
+        # warm-started from the previous one; the final solve continues from the last state,
+        # with every voxel's data weight restored
+        solve = warm_solver(state, rho=rho, tol=tol)
+        alpha, selection = choose_alpha(
+            solve, field, mask, vs, b0_direction=b, weight=w, pad_factor=pad_factor, regulariser="tv",
+            criterion=DEFAULT_CRITERION if criterion == "default" else criterion)
+        selection["sweep_iterations"] = solve.calls["iterations"]
+        state.set_weight(w)
+    state.set_alpha(alpha, 100.0 * alpha if rho is None else rho)
+    it, converged, change = state.run(max_iter, tol, refine_field=refine_field,
+                                      refine_every=refine_every, refine_times=refine_times)
+    out = state.chi_out()
     extra = []
     if return_harmonic:
-        extra.append(dom.unpad(ifft(phi_spec), mask))
+        extra.append(state.phi_out())
     if return_info:
-        extra.append({"iterations": it, "converged": converged, "relative_change": float(change)})
+        info = {"iterations": it, "converged": converged, "relative_change": float(change)}
+        if selection is not None:
+            info["alpha"] = alpha
+            info["alpha_selection"] = selection
+        extra.append(info)
     return (out, *extra) if extra else out
+
+
+class _TVWH:
+    """The weak-harmonic TV-ADMM iteration state on the padded grid (private); like
+    :class:`chimap.invert.tv._TVADMM`, :meth:`set_alpha` changes the TV weight and its ADMM
+    penalty and keeps the iterates, for warm-started sweeps over ``alpha``."""
+
+    def __init__(self, field, mask, vs, b, dom, w, *, beta, hmask, mu, nu, isotropic, relax):
+        self.mask, self.vs, self.dom = mask, vs, dom
+        self.mu, self.nu = mu, beta if nu is None else nu
+        self.isotropic, self.relax = bool(isotropic), relax
+        dt = dom.dtype.type
+        shape = dom.padded
+        self.fft, self.ifft = real_fft_pair(shape, dom.dtype)
+        self.d64 = dipole_kernel(shape, vs, b0_direction=b, real_fft=True, dtype=np.float64)
+        self.lap64 = laplacian_kernel(shape, vs, real_fft=True, dtype=np.float64)  # <= 0
+        self.d = self.d64.astype(dom.dtype)
+        self.lap = self.lap64.astype(dom.dtype)
+        self.inv_h = (1.0 / vs).astype(np.float64)
+        self.f_pad = dom.pad(field)
+        self.w2 = dom.pad(w * w)
+        self.w2f = self.w2 * self.f_pad
+        self.hb = dom.pad(hmask.astype(dom.dtype)) * dt(beta)
+        self.zero = np.zeros(shape, dtype=dom.dtype)
+        self.chi = np.zeros(shape, dtype=dom.dtype)
+        self.prev = np.zeros(shape, dtype=dom.dtype)
+        self.u = np.zeros((3,) + shape, dtype=dom.dtype)
+        self.s = np.zeros((3,) + shape, dtype=dom.dtype)
+        self.ets = np.zeros(shape, dtype=dom.dtype)
+        self.u2 = np.zeros(shape, dtype=dom.dtype)
+        self.t = np.where(self.w2 > 0, self.f_pad, dt(0))
+        self.u3 = np.zeros(shape, dtype=dom.dtype)
+        self.cq = np.zeros(shape, dtype=dom.dtype)
+        self.phi_spec = None
+        self.alpha = self.rho = None
+
+    def set_weight(self, w):
+        """Replace the data weight (input grid, zero outside the mask)."""
+        self.w2 = self.dom.pad(np.where(self.mask, w, 0) ** 2)
+        self.w2f = self.w2 * self.f_pad
+
+    def set_alpha(self, alpha, rho):
+        """Set the TV weight and the ADMM penalty of the gradient split; rebuilds the 2 x 2
+        per-frequency inverse of the joint (chi, phi) update, keeps the iterates."""
+        mu, nu, d = self.mu, self.nu, self.d64
+        e2 = -self.lap64
+        # joint (chi, phi) update: [[mu D^2 + rho E2, mu D], [mu D, mu + nu L^2]] [X, P] = [R1, R2]
+        # with R1 = mu D T + rho S, R2 = mu T + nu L C (T = F(y - u2), S = F(G^T(z - u)),
+        # C = F(q - u3)); closed-form 2 x 2 inverse, coefficients precomputed per frequency.
+        a11 = mu * d * d + rho * e2
+        a22 = mu + nu * e2 * e2
+        det = mu * nu * d * d * e2 * e2 + rho * mu * e2 + rho * nu * e2 * e2 * e2
+        det[0, 0, 0] = 1.0
+        inv = 1.0 / det
+        del det
+        c = {
+            "xt": mu * nu * d * e2 * e2 * inv,
+            "xs": rho * a22 * inv,
+            "xc": mu * nu * d * e2 * inv,
+            "pt": mu * rho * e2 * inv,
+            "ps": -mu * rho * d * inv,
+            "pc": -a11 * nu * e2 * inv,
+        }
+        del a11, a22, inv
+        for value in c.values():
+            value[0, 0, 0] = 0.0
+        c["pt"][0, 0, 0] = 1.0  # k = 0: chi mean undetermined (0); phi mean fitted to the data
+        self.c = {k: v.astype(self.dom.dtype) for k, v in c.items()}
+        self.alpha, self.rho = float(alpha), float(rho)
+
+    def run(self, max_iter, tol, *, refine_field=None, refine_every=15, refine_times=0):
+        """At most ``max_iter`` iterations (see :func:`tv_admm_wh` for the refinement);
+        returns ``(iterations, converged, relative_change)``."""
+        dt = self.dom.dtype.type
+        fft, ifft, c, dom, mask = self.fft, self.ifft, self.c, self.dom, self.mask
+        thr = self.alpha / self.rho
+        converged = False
+        change = np.inf
+        it = 0
+        refined = 0
+        for it in range(1, max_iter + 1):
+            K.grad_adjoint(self.s, self.ets, self.inv_h)
+            ts, ss, cs = fft(self.t), fft(self.ets), fft(self.cq)
+            xs = c["xt"] * ts
+            xs += c["xs"] * ss
+            xs += c["xc"] * cs
+            phi_spec = c["pt"] * ts
+            phi_spec += c["ps"] * ss
+            phi_spec += c["pc"] * cs
+            del ts, ss, cs
+            self.phi_spec = phi_spec
+            self.chi = ifft(xs)
+            change = K.relative_change(self.chi, self.prev)
+            if refined < refine_times and (it % refine_every == 0 or change < tol):
+                new_field = np.asarray(refine_field(dom.unpad(self.chi, mask)))
+                if new_field.shape != mask.shape or not np.all(np.isfinite(new_field[mask])):
+                    raise ValueError("refine_field must return a finite field of the input shape")
+                self.f_pad = dom.pad(np.where(mask, new_field, 0).astype(dom.dtype))
+                self.w2f = self.w2 * self.f_pad
+                refined += 1
+            elif change < tol:
+                converged = True
+                break
+            K.grad_shrink_update(self.chi, self.u, self.s, self.inv_h, thr, self.isotropic, self.relax)
+            xs *= self.d
+            xs += phi_spec
+            K.fidelity_update(ifft(xs), self.w2f, self.w2, dt(self.mu), self.u2, self.t, self.relax)
+            # q = nu (L phi + u3) / (beta M_h + nu): the same pointwise form with zero "data"
+            K.fidelity_update(ifft(phi_spec * self.lap), self.zero, self.hb, dt(self.nu), self.u3,
+                              self.cq, self.relax)
+        return it, converged, change
+
+    def chi_out(self):
+        """The current chi on the input grid, zero outside the mask."""
+        return self.dom.unpad(self.chi, self.mask)
+
+    def phi_out(self):
+        """The current residual harmonic field on the input grid, zero outside the mask."""
+        return self.dom.unpad(self.ifft(self.phi_spec), self.mask)
+
+    def measures(self):
+        """``(data, regulariser, predicted_field)``: ``sum W^2 (D chi + phi - f)^2`` and
+        ``TV(chi)`` on the padded grid (the harmonic penalty is not counted), and the model's
+        field ``D chi + phi`` on the input grid, zero outside the mask (ppm)."""
+        from .autoreg import solver_costs
+
+        spec = self.fft(self.chi)
+        spec *= self.d
+        if self.phi_spec is not None:
+            spec += self.phi_spec
+        pred = self.ifft(spec)
+        data, reg = solver_costs(self.chi, self.f_pad, None, self.vs, w2=self.w2,
+                                 isotropic=self.isotropic, predicted_pad=pred)
+        return data, reg, self.dom.unpad(pred, self.mask)
 
 
 def dom_box_mask(dom):
