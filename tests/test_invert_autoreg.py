@@ -8,8 +8,8 @@ import scipy.fft as sfft
 from test_invert import _blobs
 
 from chimap.forward import dipole_field
-from chimap.invert import tikhonov, tv_admm, tv_admm_wh
 from chimap.invert import autoreg as A
+from chimap.invert import tikhonov, tv_admm, tv_admm_wh
 from chimap.invert._common import Domain
 from chimap.kernels import dipole_kernel, laplacian_kernel
 
@@ -50,7 +50,7 @@ def test_lcurve_corner_matches_hansens_analytic_curvature():
     alphas = np.logspace(-6, 1, 29)  # quarter decades
     res, reg, kappa = _tikhonov_diagonal(alphas, sigma, beta)
     for method in ("spline", "fd"):
-        i, a = A.lcurve_corner(alphas, res, reg, method=method)
+        _, a = A.lcurve_corner(alphas, res, reg, method=method)
         assert abs(np.log10(a / best)) <= 0.25 + 1e-9, (method, a, best)
     # the curvature itself follows Hansen's formula (same sign convention: corner positive)
     k = A.lcurve_curvature(alphas, res, reg, method="fd")
@@ -162,7 +162,7 @@ def test_frequency_analysis_on_an_isotropic_spectrum():
 
 
 def test_tikhonov_sweep_costs_are_exact():
-    chi, field, mask = _isotropic_problem(1e-3, shape=(20, 24, 18), vs=(1.0, 1.2, 0.9))
+    _, field, mask = _isotropic_problem(1e-3, shape=(20, 24, 18), vs=(1.0, 1.2, 0.9))
     vs = np.array([1.0, 1.2, 0.9])
     b = np.array([0.0, 0.0, 1.0])
     dom = Domain.from_mask(mask, 1.0, np.float64)
@@ -268,3 +268,22 @@ def test_auto_is_invariant_to_a_joint_axis_permutation():
     held = A.holdout_mask((30, 26, 22), 0.1)
     assert np.array_equal(np.transpose(held, perm), A.holdout_mask((22, 30, 26), 0.1))
     assert 0.09 < held.mean() < 0.11
+
+
+def test_choose_alpha_cv_holds_out_voxels_of_a_generic_solver():
+    chi, mask = _blobs(shape=(30, 32, 28), voxel_size=VS)
+    field = dipole_field(chi, None, VS) + 2e-3 * np.random.default_rng(3).standard_normal(mask.shape)
+    weights = []
+
+    def solve(alpha, f, m, vs, w):
+        weights.append(w)
+        return tv_admm(f, m, vs, alpha=alpha, weight=w, max_iter=30)
+
+    alpha, info = A.choose_alpha(solve, field, mask, VS, alphas=[3e-3, 1e-3, 3e-4, 1e-4, 3e-5],
+                                 patience=0, extend=0)
+    held = mask & A.holdout_mask(mask.shape, 0.1)
+    assert all(np.all(w[held] == 0) and np.all(w[mask & ~held] == 1) for w in weights)
+    assert info["n_holdout"] == held.sum() and len(info["cv_rmse"]) == 5
+    # the held-out error is smallest inside the sweep and close to the noise (2 ppb)
+    assert 0 < info["index"] < 4 and 1.5e-3 < min(info["cv_rmse"]) < 4e-3
+    assert 1e-4 < alpha < 3e-3

@@ -254,3 +254,19 @@ def test_domain_brain_covers_the_brain_mask_and_fills_holes():
     assert valid.mask.sum() < brain.mask.sum() and np.all(brain.mask[valid.mask])
     assert dice(brain.mask, h.brain_mask) >= 0.95
     assert np.count_nonzero(brain.chi[brain.mask & ~valid.mask]) > 0.9 * (brain.mask & ~valid.mask).sum()
+
+
+def test_automatic_alpha_is_recorded(sim, tmp_path):
+    """[invert] alpha = "auto": the run succeeds and chimap.json records the chosen weight."""
+    import json
+
+    cfg = tmp_path / "auto.toml"
+    cfg.write_text('[invert]\nalpha = "auto"\n')
+    out = tmp_path / "out"
+    rc = cli.main(["-q", "run", "--bids", str(_anat(sim)), "--config", str(cfg), "-o", str(out)])
+    assert rc == 0
+    rec = json.loads((out / "chimap.json").read_text())
+    assert rec["configuration"]["invert"]["alpha"] == "auto"
+    alpha = rec["inversion"]["alpha"]
+    assert isinstance(alpha, float) and 1e-6 < alpha < 1e-1
+    assert rec["inversion"]["alpha_selection"]

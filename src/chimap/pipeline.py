@@ -46,6 +46,9 @@ class PipelineResult:
         Local field (ppm).
     reliability : numpy.ndarray or None
         Noise/reliability map of the field fit.
+    inversion : dict
+        What the inversion chose from the data: with ``alpha = "auto"`` the chosen ``alpha``
+        and its ``alpha_selection`` record (:mod:`chimap.invert.autoreg`).
     reference_offset : float
         ppm subtracted by the referencing.
     config : dict
@@ -63,6 +66,7 @@ class PipelineResult:
     reference_offset: float
     config: dict
     timings: dict = field(default_factory=dict)
+    inversion: dict = field(default_factory=dict)
 
 
 def _step(timings, name):
@@ -145,6 +149,7 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
                          "rescale it (chimap run --phase-units ...)")
     ref_region = _reference_region(cfg, reference_labels, phase.shape[:3])
     timings: dict = {}
+    chosen: dict = {}
 
     with _step(timings, "mask"):
         if mask is not None:
@@ -234,13 +239,15 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
             else:
                 quality = two_pass_quality if phase is None else _phase_quality(phase, magnitude, vs, te)
             reliable, filled = artefact_reduction_masks(quality, brain, vs)
-        chi1, valid1, local1 = _local_and_chi(total, reliable, vs, b0, cfg, mag_weight, reliability, timings)
-        chi2, valid2, local2 = _local_and_chi(total, filled, vs, b0, cfg, mag_weight, reliability, timings)
+        chi1, valid1, local1 = _local_and_chi(total, reliable, vs, b0, cfg, mag_weight, reliability, timings,
+                                              chosen)
+        chi2, valid2, local2 = _local_and_chi(total, filled, vs, b0, cfg, mag_weight, reliability, timings,
+                                              chosen)
         chi = combine_two_pass(np.where(valid1, chi1, 0), chi2, valid1, filled_mask=valid2)
         valid = valid2 | valid1
         local = np.where(valid1, local1, local2)
     else:
-        chi, valid, local = _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings)
+        chi, valid, local = _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings, chosen)
 
     with _step(timings, "referencing"):
         region = cfg["reference"]["method"]
@@ -261,7 +268,8 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
 
     return PipelineResult(chi=chi, mask=valid, brain_mask=brain, field=total,
                           local_field=np.where(valid, local, 0).astype(np.float32),
-                          reliability=reliability, reference_offset=offset_ppm, config=cfg, timings=timings)
+                          reliability=reliability, reference_offset=offset_ppm, config=cfg, timings=timings,
+                          inversion=chosen)
 
 
 def _unwarp(brain, total, magnitude, mag_weight, reliability, *, b0t, phase_encoding, effective_echo_spacing,
@@ -338,8 +346,11 @@ def _complex_field(magnitude, phase, brain, vs, te, b0t, cfg):
     return (field_hz / scale).astype(np.float32), (np.asarray(noise_hz, np.float64) / scale).astype(np.float32)
 
 
-def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings):
-    """Background removal and dipole inversion on one mask: (chi, valid mask, local field)."""
+def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings, chosen):
+    """Background removal and dipole inversion on one mask: (chi, valid mask, local field).
+
+    With an automatic ``alpha`` the chosen weight and its selection record go into ``chosen``.
+    """
     from .background import fill_mask_holes
 
     with _step(timings, "background removal"):
@@ -390,8 +401,27 @@ def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings):
                 kw["refine_times"] = refinements
         if mag_weight is not None and "magnitude" in inspect.signature(invert).parameters:
             kw["magnitude"] = mag_weight  # MEDI's edge mask
-        chi = invert(local, valid, vs, b0_direction=b0, **kw)
+        if isinstance(kw.get("alpha"), str) and "return_info" in inspect.signature(invert).parameters:
+            chi, info = invert(local, valid, vs, b0_direction=b0, return_info=True, **kw)
+            chosen["alpha"] = info.get("alpha")
+            chosen["alpha_selection"] = _json_safe(info.get("alpha_selection"))
+            log.info("  alpha %s chose %.3g", kw["alpha"], float(chosen["alpha"]))
+        else:
+            chi = invert(local, valid, vs, b0_direction=b0, **kw)
     return chi, valid, local
+
+
+def _json_safe(value):
+    """``value`` with numpy scalars and arrays turned into Python numbers and lists."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 10000 else f"array {value.shape}"
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _accepts_weight(func, kwargs):
@@ -498,6 +528,7 @@ def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_streng
         "acquisition": acq.to_dict(),
         "configuration": expand_defaults(cfg),
         "timings_s": timings,
+        "inversion": result.inversion,
         "consensus_report": consensus_report(cfg, acq, result),
         "environment": {"python": platform.python_version(), "numpy": np.__version__,
                         "platform": platform.platform()},

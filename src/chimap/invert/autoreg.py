@@ -480,9 +480,10 @@ def warm_solver(state, *, rho_factor=100.0, rho=None, first_iter=30, iter_per_al
 
     ``state`` offers ``set_weight(weight)``, ``set_alpha(alpha, rho)``, ``run(max_iter, tol)``,
     ``chi_out()`` and ``measures()`` -> ``(data_cost, regulariser_cost, predicted_field)`` (the
-    ADMM states of :mod:`chimap.invert.tv` and :mod:`chimap.invert.tv_wh`). The first weight gets at most
-    ``first_iter`` iterations, every later one ``iter_per_alpha``; the ADMM penalty is
-    ``rho_factor * alpha`` (or the fixed ``rho``). ``solve.calls`` counts calls and iterations.
+    ADMM states of :mod:`chimap.invert.tv` and :mod:`chimap.invert.tv_wh`). The first weight
+    gets at most ``first_iter`` iterations, every later one ``iter_per_alpha``; the ADMM penalty
+    is ``rho_factor * alpha`` (or the fixed ``rho``). ``solve.calls`` counts calls and
+    iterations.
     """
     calls = {"n": 0, "iterations": 0, "weight": None}
 
@@ -581,8 +582,6 @@ def choose_alpha(solve, local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if regulariser not in DEFAULT_SWEEPS:
         raise ValueError(f"regulariser must be one of {tuple(DEFAULT_SWEEPS)}, got {regulariser!r}")
-    if not callable(solve):
-        raise ValueError("solve must be a callable solve(alpha, local_field, mask, voxel_size, weight)")
     downsample = check_positive(downsample, "downsample", integer=True)
     alpha_scale = check_positive(alpha_scale, "alpha_scale")
     frequency_factor = check_positive(frequency_factor, "frequency_factor")
@@ -671,8 +670,8 @@ def choose_alpha(solve, local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0
             elif i == 0 and solved[0] == max(solved):
                 run(max(solved) * step)  # minimum at the large end: go back up
                 # keep the rows ordered by decreasing alpha
-                for key in rows:
-                    rows[key].insert(0, rows[key].pop())
+                for values in rows.values():
+                    values.insert(0, values.pop())
                 solved.insert(0, solved.pop())
             else:
                 break

@@ -14,6 +14,7 @@ parameter. Technometrics 1979;21:215-223 (``tikhonov(alpha="auto")``).
 from __future__ import annotations
 
 import numpy as np
+
 from ..kernels import laplacian_kernel
 from ._common import check_dipole_threshold, check_inversion_inputs, filter_in_kspace
 from .autoreg import parse_alpha, tikhonov_sweep
