@@ -77,6 +77,10 @@ METHODS: dict[str, tuple[str, str, str, dict]] = {
     "ndi": ("NDI", "chimap.invert.nonlinear", "ndi", {}),
 }
 
+#: The parameter that ``--alpha auto`` sets to "auto" where it is not ``alpha`` (MEDI's data
+#: weight; NDI is regularised by its stopping iteration); None: the method has none.
+AUTO_PARAMETER = {"medi": "lam", "ndi": "max_iter", "tkd": None, "tsvd": None}
+
 DEEP_GREY = ("caudate", "putamen", "globus_pallidus", "thalamus", "red_nucleus",
              "substantia_nigra", "dentate_nucleus")
 
@@ -181,16 +185,17 @@ def call_method(method: Method, problem, *, alpha_mode="auto"):
         kw["weight"] = problem.weight
     if "return_info" in params:
         kw["return_info"] = True
+    key = AUTO_PARAMETER.get(method.key, "alpha")
     tries = [dict(kw)]
-    if alpha_mode == "auto" and "alpha" in params and "alpha" not in method.fixed:
-        tries.insert(0, {**kw, "alpha": "auto"})
+    if alpha_mode == "auto" and key in params and key not in method.fixed:
+        tries.insert(0, {**kw, key: "auto"})
     alpha_note = None
     for i, args in enumerate(tries):
         t0 = time.perf_counter()
         try:
             out = method.func(problem.field, problem.mask, problem.voxel_size, **args)
         except (ValueError, TypeError) as exc:
-            if args.get("alpha") == "auto" and "alpha" in str(exc).lower() and i + 1 < len(tries):
+            if args.get(key) == "auto" and key in str(exc).lower() and i + 1 < len(tries):
                 alpha_note = "default (auto not supported)"
                 continue
             raise
@@ -199,9 +204,11 @@ def call_method(method: Method, problem, *, alpha_mode="auto"):
     chi, info = (out if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict) else (out, {}))
     if isinstance(chi, tuple):  # e.g. (chi, harmonic) of return_harmonic
         chi = chi[0]
-    if args.get("alpha") == "auto":
-        alpha = info.get("alpha")
-        alpha_note = f"auto = {alpha:.3g}" if isinstance(alpha, (int, float)) else "auto"
+    if args.get(key) == "auto":
+        value = info.get(key)
+        alpha_note = f"auto = {value:.3g}" if isinstance(value, (int, float)) else "auto"
+        if key != "alpha":
+            alpha_note = f"{key} {alpha_note}"
     return np.asarray(chi), seconds, alpha_note
 
 
@@ -484,6 +491,13 @@ def pipeline_problem(sim, *, key, title, keep: Path | None, log):
 # ------------------------------------------------------------------------------------- tables
 
 
+def _auto_note(alpha_note):
+    """The row's note for an automatic choice ("alpha auto = 0.0002", "lam auto = 1.2e+03")."""
+    if not alpha_note or alpha_note.startswith("default"):
+        return ""
+    return f"alpha {alpha_note}" if alpha_note.startswith("auto") else alpha_note
+
+
 def run_problem(problem: Problem, methods, *, alpha_mode, cache: dict, save_cache, log):
     """All methods on one problem; returns the table rows (dicts)."""
     rows = []
@@ -499,7 +513,7 @@ def run_problem(problem: Problem, methods, *, alpha_mode, cache: dict, save_cach
                 chi, seconds, alpha_note = call_method(item, problem, alpha_mode=alpha_mode)
                 metrics = evaluate(chi, problem.truth, problem.eval_mask, problem.labels)
                 row = dict(method=label, time=seconds, alpha=alpha_note,
-                           note=f"alpha {alpha_note}" if alpha_note and alpha_note.startswith("auto") else "",
+                           note=_auto_note(alpha_note),
                            **metrics)
                 cache[ckey] = row  # failures are not cached: a rerun tries again
                 save_cache()
@@ -631,8 +645,11 @@ METHOD_NOTES = """\
 - **Inputs per method.** `b0_direction` always; the RMS magnitude over echoes where a method takes
   `magnitude`; where it takes `weight`, the data weight that matches the noise: uniform in case
   (a) (white noise), the default preset's magnitude weight (RMS magnitude, mean 1 in the mask) in
-  case (b); `alpha="auto"` where a method accepts it (`--alpha auto`; the row then says so, with
-  the chosen value when the method reports it); everything else at each method's defaults.
+  case (b); with `--alpha auto` the regularisation chosen from the data where a method offers
+  it: `alpha="auto"` (Tikhonov: generalised cross-validation; TV-ADMM, weak-harmonic TV,
+  nonlinear TV and STAR-QSM's weak level: hold-out cross-validation of the field), MEDI's
+  `lam="auto"` and NDI's `max_iter="auto"` (its stopping iteration, the regulariser of NDI);
+  the row then says so, with the chosen value; everything else at each method's defaults.
 - **Referencing.** Estimate and truth are each demeaned over the evaluation mask (whole-brain
   referencing) and set to zero outside it; every metric sees these two maps. Evaluation mask:
   (a) the eroded brain mask the methods received; (b) the pipeline mask inside the true brain.
@@ -644,6 +661,23 @@ METHOD_NOTES = """\
   column in bold (mQSM Table 1 layout; single values, one simulated head per table).
 - **Time** is the wall time of the inversion call alone on this machine (shared cores: treat it
   as an upper bound); for the default-preset row it is the pipeline's inversion step.
+- **Methods without a data-driven parameter.** TKD and TSVD (threshold 0.2, the common
+  choice of Wharton et al. 2010; a threshold is a truncation, not a weight to cross-validate),
+  iLSQR (its regularisation is the early stop of LSQR at the paper's tolerance, and its
+  streaking estimate takes its thresholds from percentiles of the data, as the paper does) and
+  RTS (the paper's delta 0.15, 4 LSMR iterations and mu 1e5; its TV weight acts only inside the
+  magic-cone region that step 2 fills in, so the field cannot cross-validate it) run at their
+  published defaults.
+- **Methods worse than TKD.** NDI can score below TKD on these heads: its only regulariser is
+  the stopping iteration, and with a tiny Tikhonov weight gradient descent leaves the
+  near-cone content of large uniform sources at its start value 0 (a 10 mm sphere keeps about
+  61 % of its contrast however long it runs; `chimap.invert.nonlinear`). Its nonlinear data
+  term also weighs veins and calcifications less where their phase passes pi/2. TSVD discards
+  the cone content that TKD clips, so it scores below TKD by construction. The closed-form
+  Tikhonov inversion fits the zero-filled field on the whole padded grid, outside the mask too
+  (no data weight in closed form), which biases chi (a 0.1 ppm sphere comes out at 0.091-0.094,
+  `tests/test_invert_closed_form.py`) and, in the pipeline cases, makes it sensitive to the
+  field left at the mask edge.
 - **Real data.** `../shared/data` holds no in-vivo data with a ground truth (see its README).
   `romeo_small` is real 3-echo GRE but only a 24 x 24 x 41 mm patch inside the brain (no brain
   boundary for background removal, undocumented echo times, arbitrary phase scale): an inversion
@@ -812,6 +846,11 @@ def main(argv=None):
     no_auto = sorted({r["method"] for r in all_rows if str(r.get("alpha") or "").startswith("default")})
     if no_auto:
         header.append("- `alpha=\"auto\"` not supported (run at their default alpha): " + ", ".join(no_auto))
+    manual = [m.label for m in methods if AUTO_PARAMETER.get(m.key, "alpha") is None
+              or AUTO_PARAMETER.get(m.key, "alpha") not in inspect.signature(m.func).parameters]
+    if args.alpha == "auto" and manual:
+        header.append("- No parameter chosen from the data (their published defaults): " + ", ".join(manual)
+                      + " (see the notes below the tables)")
     if skipped:
         header.append("- Not available in this checkout (skipped): " + "; ".join(skipped))
     body = []

@@ -12,6 +12,10 @@ Each case runs `chimap run` in a subprocess on files written by `chimap simulate
 time and peak memory are those of the command a user runs.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--cases gre epi tilt7t challenge] [--keep DIR]
+        [--variant NAME=CONFIG.toml ...] [--no-textbook]
+
+``--variant`` adds a row per case for `chimap run --config CONFIG.toml` (e.g. an automatic
+``[invert] alpha = "auto"`` against the default preset's fixed weight) on the same data.
 """
 
 from __future__ import annotations
@@ -95,7 +99,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=["gre", "epi", "tilt7t"], choices=list(CASES))
     p.add_argument("--keep", default=None, help="keep the simulated data and outputs in this folder")
+    p.add_argument("--variant", nargs="+", default=[], metavar="NAME=CONFIG",
+                   help="extra rows: chimap run --config CONFIG, labelled NAME")
+    p.add_argument("--no-textbook", action="store_true", help="skip the textbook chain")
     args = p.parse_args()
+    variants = []
+    for item in args.variant:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            p.error(f"--variant takes NAME=CONFIG with an existing TOML file, got {item!r}")
+        variants.append((name, ["--config", str(Path(path).resolve())]))
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="chimap-bench-"))
     rows = []
     for case in args.cases:
@@ -111,12 +124,15 @@ def main():
         truth = sim / "derivatives" / "truth" / "sub-sim" / "anat"
         cfg = root / "textbook.toml"
         cfg.write_text(TEXTBOOK)
-        for name, extra in (("default", []), ("textbook", ["--config", str(cfg)])):
+        runs = [("default", [])] + variants
+        if not args.no_textbook:
+            runs.append(("textbook", ["--config", str(cfg)]))
+        for name, extra in runs:
             out = root / case / name
             wall, gb = _chimap("run", "--bids", str(anat), "-o", str(out), *extra)
             res = _evaluate(out, truth)
             rows.append((case, name, wall, gb, res))
-            print(f"{case:7} {name:9} NRMSE {res['nrmse']:6.1f} % (whole brain {res['nrmse_brain']:5.1f} %)  slope voxels {res['slope']:5.2f} "
+            print(f"{case:7} {name:11} NRMSE {res['nrmse']:6.1f} % (whole brain {res['nrmse_brain']:5.1f} %)  slope voxels {res['slope']:5.2f} "
                   f"deep-grey ROIs {res['roi_slope']:5.2f}  "
                   f"max |ROI err| {res['max_roi_ppb']:5.1f} ppb  Dice {res['dice']:.3f}  "
                   f"{wall:6.1f} s  {gb:5.2f} GB", flush=True)

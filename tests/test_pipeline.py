@@ -60,7 +60,11 @@ def test_run_bids_default(sim, tmp_path):
     # the default deviates from the consensus in one documented place: LBV background removal
     failed = [k for k, ok in rep["consensus_checks"].items() if not ok]
     assert failed == ["background field removal by the SHARP family or PDF"]
-    assert record["configuration"]["invert"]["alpha"] > 0  # defaults recorded
+    # the default chooses the TV weight from the data and says which, and how, in the record
+    assert record["configuration"]["invert"]["alpha"] == "auto"
+    alpha = record["inversion"]["alpha"]
+    assert 1e-5 < alpha < 1e-2 and record["inversion"]["alpha_selection"]["criterion"] == "cv"
+    assert f"alpha = {alpha:.3g} chosen by hold-out cross-validation" in rep["methods_paragraph"]
     inc = rep["inclusion"]
     assert min(inc.values()) >= 0
     assert inc["final_mask_voxels"] == (inc["brain_mask_voxels"] + inc["added_by_hole_filling"]
@@ -256,17 +260,15 @@ def test_domain_brain_covers_the_brain_mask_and_fills_holes():
     assert np.count_nonzero(brain.chi[brain.mask & ~valid.mask]) > 0.9 * (brain.mask & ~valid.mask).sum()
 
 
-def test_automatic_alpha_is_recorded(sim, tmp_path):
-    """[invert] alpha = "auto": the run succeeds and chimap.json records the chosen weight."""
+def test_fixed_alpha_overrides_the_automatic_default(sim, tmp_path):
+    """[invert] alpha = 3e-4 fixes the weight: no sweep, nothing chosen in chimap.json."""
     import json
 
-    cfg = tmp_path / "auto.toml"
-    cfg.write_text('[invert]\nalpha = "auto"\n')
+    cfg = tmp_path / "fixed.toml"
+    cfg.write_text('[invert]\nalpha = 3e-4\n')
     out = tmp_path / "out"
     rc = cli.main(["-q", "run", "--bids", str(_anat(sim)), "--config", str(cfg), "-o", str(out)])
     assert rc == 0
     rec = json.loads((out / "chimap.json").read_text())
-    assert rec["configuration"]["invert"]["alpha"] == "auto"
-    alpha = rec["inversion"]["alpha"]
-    assert isinstance(alpha, float) and 1e-6 < alpha < 1e-1
-    assert rec["inversion"]["alpha_selection"]
+    assert rec["configuration"]["invert"]["alpha"] == 3e-4
+    assert rec["inversion"] == {} and "chosen by" not in rec["consensus_report"]["methods_paragraph"]

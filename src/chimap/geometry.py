@@ -54,6 +54,8 @@ def check_b0_direction(b0_direction) -> np.ndarray:
     n = np.linalg.norm(b)
     if n < 1e-8:
         raise ValueError("b0_direction must not be the zero vector")
+    if abs(n - 1.0) <= 4 * np.finfo(np.float64).eps:
+        return b.copy()  # already a unit vector: dividing again can move it by an ulp (not idempotent)
     return b / n
 
 

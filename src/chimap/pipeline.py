@@ -48,7 +48,8 @@ class PipelineResult:
         Noise/reliability map of the field fit.
     inversion : dict
         What the inversion chose from the data: with ``alpha = "auto"`` the chosen ``alpha``
-        and its ``alpha_selection`` record (:mod:`chimap.invert.autoreg`).
+        and its ``alpha_selection`` record (:mod:`chimap.invert.autoreg`); likewise MEDI's
+        ``lam`` and NDI's ``max_iter`` (:data:`AUTOMATIC_PARAMETERS`).
     reference_offset : float
         ppm subtracted by the referencing.
     config : dict
@@ -401,14 +402,23 @@ def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings, 
                 kw["refine_times"] = refinements
         if mag_weight is not None and "magnitude" in inspect.signature(invert).parameters:
             kw["magnitude"] = mag_weight  # MEDI's edge mask
-        if isinstance(kw.get("alpha"), str) and "return_info" in inspect.signature(invert).parameters:
+        automatic = [key for key in AUTOMATIC_PARAMETERS if isinstance(kw.get(key), str)]
+        if automatic and "return_info" in inspect.signature(invert).parameters:
             chi, info = invert(local, valid, vs, b0_direction=b0, return_info=True, **kw)
-            chosen["alpha"] = info.get("alpha")
-            chosen["alpha_selection"] = _json_safe(info.get("alpha_selection"))
-            log.info("  alpha %s chose %.3g", kw["alpha"], float(chosen["alpha"]))
+            for key in automatic:
+                selection = AUTOMATIC_PARAMETERS[key]
+                chosen[key] = _json_safe(info.get(key))
+                chosen[selection] = _json_safe(info.get(selection))
+                log.info("  %s %s chose %.3g", key, kw[key], float(chosen[key]))
         else:
             chi = invert(local, valid, vs, b0_direction=b0, **kw)
     return chi, valid, local
+
+
+#: Inversion parameters that can be chosen from the data ("auto"), with the key of the
+#: selection record in the inversion's info (chimap.invert.autoreg; MEDI's lambda; NDI's
+#: stopping iteration).
+AUTOMATIC_PARAMETERS = {"alpha": "alpha_selection", "lam": "lam_selection", "max_iter": "iteration_selection"}
 
 
 def _json_safe(value):

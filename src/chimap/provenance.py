@@ -72,6 +72,27 @@ def _refinement_clause(cfg):
             f"added back {n} time(s) during the inversion (chimap's boundary refinement)")
 
 
+def _automatic_clause(result):
+    """What the inversion chose from the data (``result.inversion``), as a clause."""
+    chosen = getattr(result, "inversion", None) or {}
+    parts = []
+    for key in ("alpha", "lam", "max_iter"):
+        if chosen.get(key) is None:
+            continue
+        sel = chosen.get({"alpha": "alpha_selection", "lam": "lam_selection",
+                          "max_iter": "iteration_selection"}[key]) or {}
+        how = {"cv": "hold-out cross-validation of the field ({:g} % of the voxels held out)".format(
+                   100 * float(sel.get("holdout", 0.1))),
+               "frequency": "frequency analysis (Milovic et al. MRM 2021)",
+               "lcurve": "the L-curve corner", "inflection": "the L-curve inflection point"}.get(
+            sel.get("criterion"), "a data-driven criterion")
+        if key == "alpha" and sel.get("criterion") == "cv" and "n_holdout" not in sel:
+            how = "generalised cross-validation"
+        n = len(sel.get("alphas", sel.get("cv_rmse", [])))
+        parts.append(f"{key} = {float(chosen[key]):.3g} chosen by {how} over {n} sampled values")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def consensus_report(cfg, acq, result) -> dict:
     """The consensus reporting table for one run, plus a generated methods paragraph."""
     chi, mask = result.chi, result.mask
@@ -88,7 +109,7 @@ def consensus_report(cfg, acq, result) -> dict:
         f"Echo combination: {steps['combine']['description']}. Background field removal: "
         f"{steps['background']['description']}{_refinement_clause(cfg)}. Dipole inversion: "
         f"{steps['invert']['description']} "
-        f"with parameters {steps['invert']['parameters']}. Susceptibility is reported in ppm, referenced to "
+        f"with parameters {steps['invert']['parameters']}{_automatic_clause(result)}. Susceptibility is reported in ppm, referenced to "
         f"the {steps['reference']['description']}."
     )
     return {

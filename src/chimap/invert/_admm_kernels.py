@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["fidelity_update", "grad_adjoint", "grad_shrink_update", "relative_change"]
+__all__ = ["fidelity_update", "grad_adjoint", "grad_shrink_update", "relative_change", "wh_coefficients",
+           "tv_chi_spectrum", "wh_field_spectra", "wh_joint_update"]
 
 
 @njit(parallel=True, cache=True)
@@ -118,3 +119,74 @@ def relative_change(x, prev):
     if den == 0.0:
         return 0.0 if num == 0.0 else np.inf
     return np.sqrt(num / den)
+
+
+@njit(parallel=True, cache=True)
+def wh_joint_update(ts, ss, cs, cxt, cxs, cxc, cpt, cps, cpc, xs, ps):
+    """Joint (chi, phi) update of weak-harmonic TV in k-space, one pass over the spectrum:
+    ``xs = cxt ts + cxs ss + cxc cs`` and ``ps = cpt ts + cps ss + cpc cs`` (real coefficients,
+    complex spectra, all of the real-FFT half-spectrum shape); ``xs`` and ``ps`` are written."""
+    n0, n1, n2 = ts.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                t = ts[i, j, k]
+                s = ss[i, j, k]
+                c = cs[i, j, k]
+                xs[i, j, k] = cxt[i, j, k] * t + cxs[i, j, k] * s + cxc[i, j, k] * c
+                ps[i, j, k] = cpt[i, j, k] * t + cps[i, j, k] * s + cpc[i, j, k] * c
+
+
+@njit(parallel=True, cache=True)
+def wh_field_spectra(xs, ps, d, lap, field_spec, lap_phi_spec):
+    """``field_spec = d xs + ps`` (the model field ``D chi + phi``) and ``lap_phi_spec = lap ps``
+    in one pass (half spectra)."""
+    n0, n1, n2 = xs.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                p = ps[i, j, k]
+                field_spec[i, j, k] = d[i, j, k] * xs[i, j, k] + p
+                lap_phi_spec[i, j, k] = lap[i, j, k] * p
+
+
+@njit(parallel=True, cache=True)
+def wh_coefficients(d, e2, mu, nu, rho, cxt, cxs, cxc, cpt, cps, cpc):
+    """Per-frequency 2 x 2 inverse of the joint (chi, phi) system of weak-harmonic TV,
+    ``[[mu D^2 + rho E2, mu D], [mu D, mu + nu E2^2]]``, as the six coefficients of
+    :func:`wh_joint_update` (computed in float64, stored in the outputs' dtype). At ``k = 0``
+    chi's mean is undetermined (kept 0) and phi's mean follows the data (``cpt = 1``)."""
+    n0, n1, n2 = d.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                dd = np.float64(d[i, j, k])
+                e = np.float64(e2[i, j, k])
+                if i == 0 and j == 0 and k == 0:
+                    cxt[i, j, k] = 0.0
+                    cxs[i, j, k] = 0.0
+                    cxc[i, j, k] = 0.0
+                    cpt[i, j, k] = 1.0
+                    cps[i, j, k] = 0.0
+                    cpc[i, j, k] = 0.0
+                    continue
+                a11 = mu * dd * dd + rho * e
+                a22 = mu + nu * e * e
+                inv = 1.0 / (mu * nu * dd * dd * e * e + rho * mu * e + rho * nu * e * e * e)
+                cxt[i, j, k] = mu * nu * dd * e * e * inv
+                cxs[i, j, k] = rho * a22 * inv
+                cxc[i, j, k] = mu * nu * dd * e * inv
+                cpt[i, j, k] = mu * rho * e * inv
+                cps[i, j, k] = -mu * rho * dd * inv
+                cpc[i, j, k] = -a11 * nu * e * inv
+
+
+@njit(parallel=True, cache=True)
+def tv_chi_spectrum(ss, ts, rho_inv, mu_d_inv):
+    """chi update of weighted TV-ADMM in k-space, in place: ``ss <- rho_inv ss + mu_d_inv ts``
+    (``ss`` the spectrum of ``G^T(z - u)``, ``ts`` that of ``z2 - u2``; half spectra)."""
+    n0, n1, n2 = ss.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                ss[i, j, k] = rho_inv[i, j, k] * ss[i, j, k] + mu_d_inv[i, j, k] * ts[i, j, k]

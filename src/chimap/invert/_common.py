@@ -199,7 +199,7 @@ def filter_in_kspace(field, mask, dom, voxel_size, b0_direction, kernel_filter):
 
 def real_fft_pair(shape, dtype):
     """``(fft, ifft)``: real FFT of a padded-grid array and its inverse (returned in ``dtype``),
-    both with chimap's FFT workers."""
+    both with chimap's FFT workers; ``ifft(x, overwrite=True)`` may destroy ``x``."""
     import scipy.fft as sfft
 
     from ..kernels import fft_workers
@@ -209,7 +209,8 @@ def real_fft_pair(shape, dtype):
     def fft(x):
         return sfft.rfftn(x, workers=workers)
 
-    def ifft(x):
-        return sfft.irfftn(x, s=shape, workers=workers).astype(dtype, copy=False)
+    def ifft(x, overwrite=False):
+        # overwrite=True lets the transform use x as scratch (callers that discard x)
+        return sfft.irfftn(x, s=shape, workers=workers, overwrite_x=overwrite).astype(dtype, copy=False)
 
     return fft, ifft

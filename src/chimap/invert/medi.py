@@ -104,6 +104,22 @@ magnitude 19.0, without magnitude 22.2, MEDI+0 with :func:`medi_csf_mask` of the
 error at veins and calcifications, not phase errors; MERIT down-weights them), SMV 5 mm 34.6 on
 the 22 % smaller eroded mask (the filtered operator loses the lowest frequencies).
 
+Automatic lambda
+----------------
+``lam="auto"`` (chimap's; the MEDI papers set ``lam`` by hand or by the L-curve) chooses the
+weight by hold-out cross-validation (:mod:`chimap.invert.autoreg`): a reproducible tenth of the
+weighted mask voxels gets zero data weight, ``lam`` runs up :data:`MEDI_AUTO_LAMBDAS` (quarter
+decades from 100 to about 56000, the toolbox's 1000 in the middle), each weight warm-started
+from the previous solution with one Gauss-Newton step (two for the first, from ``x = 0``) and
+MERIT off, and the sweep stops two weights past the minimum of the held-out residual (the chord
+``|exp(i s r) - 1| / s`` of the field residual ``r``, weighted by ``W``). The final solve
+continues from the sweep's last iterate with every voxel's weight restored (and MERIT if asked)
+for up to ``max_iter`` steps from the sweep's solution nearest the chosen weight (each weight
+of the sweep also starts from its nearest predecessor, which matters when the sweep widens
+back up). ``"auto:lcurve"`` and the other criteria use the same sweep
+(data term ``||W (e^(iDx) - e^(i phi))||^2 / s^2``, regulariser ``||M G x||_1 / s``). The sweep
+costs about as many Gauss-Newton steps as it has weights.
+
 Deviations from the toolbox
 ---------------------------
 - Preconditioned CG: the inner solve runs CG on the split-preconditioned system
@@ -146,8 +162,9 @@ from ..geometry import check_voxel_size
 from ..kernels import dipole_kernel, laplacian_kernel, smv_kernel
 from . import _medi_kernels as K
 from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
+from .autoreg import choose_alpha, parse_alpha
 
-__all__ = ["DEFAULT_MEDI_LAMBDA", "MEDI_RAD_PER_PPM", "medi", "medi_csf_mask"]
+__all__ = ["DEFAULT_MEDI_LAMBDA", "MEDI_AUTO_LAMBDAS", "MEDI_RAD_PER_PPM", "medi", "medi_csf_mask"]
 
 #: Default data weight ``lam`` of the MEDI toolbox (phase in rad, gradients in rad/mm).
 DEFAULT_MEDI_LAMBDA = 1000.0
@@ -157,6 +174,12 @@ MEDI_REFERENCE_DELTA_TE_S = 0.005
 #: Radians of phase per ppm of field for the reference acquisition, ``2 pi gamma_bar B0 dTE 1e-6``.
 MEDI_RAD_PER_PPM = float(2.0 * np.pi * GAMMA_BAR_HZ_PER_T * MEDI_REFERENCE_FIELD_STRENGTH_T * 1e-6
                          * MEDI_REFERENCE_DELTA_TE_S)
+
+#: ``lam="auto"``: the sweep (quarter decades around the toolbox default 1000), Gauss-Newton
+#: steps for the first weight and for each later one (warm-started).
+MEDI_AUTO_LAMBDAS = tuple(10.0 ** np.arange(2.0, 4.76, 0.25))
+MEDI_AUTO_FIRST_STEPS = 2
+MEDI_AUTO_STEPS = 1
 
 _EPS = 1e-6  # smoothing of |M G x| in (rad/mm)^2, the toolbox's value
 _PRECOND_GRADIENT_FACTOR = 3.0  # k = ... + 3 mean(V M) |E|^2 (measured, see module docstring)
@@ -282,9 +305,11 @@ def medi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), magnitu
         data). Data weight ``1 / noise_std``.
     weight : numpy.ndarray, shape (I, J, K), optional
         Data weight (>= 0) instead of ``1 / noise_std``; not with ``noise_std``.
-    lam : float
+    lam : float or str
         Data-fidelity weight for phase in rad (toolbox default 1000; see the module docstring
-        for its meaning in ppm).
+        for its meaning in ppm). ``"auto"`` chooses it from the data by hold-out
+        cross-validation, ``"auto:<criterion>"`` by another criterion of
+        :mod:`chimap.invert.autoreg` (module docstring, "Automatic lambda").
     edge_percentage : float
         Number of edge gradient components per mask voxel, in (0, 3] (toolbox default 0.9,
         i.e. about 30 % of the components are edges).
@@ -314,7 +339,8 @@ def medi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), magnitu
         ``cg_iterations`` (per step), ``cost_data`` and ``cost_reg`` (toolbox's
         ``||W (e^(iDx) - e^(i phi))||`` and ``||M G x||_1`` in phase units, per step),
         ``mask`` (where chi is returned), ``rad_per_ppm``, ``downweighted`` (MERIT: voxels
-        whose weight was lowered).
+        whose weight was lowered); with an automatic ``lam`` also ``lam`` (the chosen
+        weight) and ``lam_selection`` (the sweep; its ``alphas`` are ``1 / lam``).
 
     Returns
     -------
@@ -334,7 +360,7 @@ def medi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), magnitu
         magnitude, noise or weight map, both ``noise_std`` and ``weight``, a CSF mask outside
         the mask, or an SMV radius that erodes the whole mask.
     """
-    lam = check_positive(lam, "lam")
+    lam, criterion = parse_alpha(lam, "lam")
     lam_csf = check_positive(lam_csf, "lam_csf")
     s = check_positive(rad_per_ppm, "rad_per_ppm")
     max_iter = check_positive(max_iter, "max_iter", integer=True)
@@ -353,11 +379,62 @@ def medi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), magnitu
     noise = _noise_map(noise_std, weight, mag, mask)
     csf = _check_csf(csf_mask, mask)
 
+    kw = dict(lam_csf=lam_csf, s=s, ep=ep, smv_r=smv_r, tol=tol, cg_max_iter=cg_max_iter, cg_tol=cg_tol)
     n_threads = 1 if int(np.prod(dom.padded)) < _SERIAL_BELOW else None
     with _numba_threads(n_threads):
-        return _solve(field, mask, vs, b, dom, mag, noise, csf, lam=lam, lam_csf=lam_csf, s=s, ep=ep,
-                      smv_r=smv_r, merit=bool(merit), max_iter=max_iter, tol=tol, cg_max_iter=cg_max_iter,
-                      cg_tol=cg_tol, return_info=return_info)
+        warm, selection = None, None
+        if criterion is not None:
+            warm = {}
+            lam, selection = _choose_lambda(field, mask, vs, b, dom, mag, noise, csf, warm,
+                                            criterion="cv" if criterion == "default" else criterion,
+                                            pad_factor=pad_factor, **kw)
+        out = _solve(field, mask, vs, b, dom, mag, noise, csf, lam=lam, merit=bool(merit), max_iter=max_iter,
+                     return_info=return_info or selection is not None, warm=warm, **kw)
+    if selection is None:
+        return out
+    if not return_info:
+        return out[0]
+    out[1].update(lam=lam, lam_selection=selection)
+    return out
+
+
+def _choose_lambda(field, mask, vs, b, dom, mag, noise, csf, warm, *, criterion, pad_factor, **kw):
+    """``lam="auto"``: a warm-started sweep over :data:`MEDI_AUTO_LAMBDAS` (module docstring).
+
+    Returns ``(lam, selection)``; ``warm["x"]`` holds the sweep's iterate nearest ``lam``."""
+    s = kw["s"]
+    w_data = np.where(mask & np.isfinite(noise) & (noise > 0), 1.0 / np.where(noise > 0, noise, 1.0), 0.0)
+    calls = {"n": 0}
+    iterates = {}
+
+    def solve(alpha, f, m, voxel_size, w):
+        held = mask & (w == 0) & (w_data > 0)
+        if iterates:  # continue from the solution of the nearest weight solved so far
+            warm["x"] = iterates[min(iterates, key=lambda a: abs(np.log(a / alpha)))]
+        _solve(field, mask, vs, b, dom, mag, noise, csf, lam=1.0 / alpha, merit=False,
+               max_iter=MEDI_AUTO_FIRST_STEPS if calls["n"] == 0 else MEDI_AUTO_STEPS, return_info=False,
+               warm=warm, held=held, **kw)
+        calls["n"] += 1
+        iterates[alpha] = warm["x"]
+        box = dom.box_shape
+        crop = (slice(0, box[0]), slice(0, box[1]), slice(0, box[2]))
+        # the model's field such that predicted - field = (D x - phi) / s where the field is fitted
+        res = np.zeros(mask.shape)
+        fitted = np.zeros(mask.shape, dtype=bool)
+        res[dom.box] = ((warm["dx"] - warm["phi"])[crop]) / s
+        fitted[dom.box] = warm["m_in"][crop]
+        predicted = np.where(fitted & mask, field + res, field)
+        chi = dom.unpad(warm["x"] / s, mask)
+        return chi, {"predicted_field": predicted, "data_cost": warm["data_cost"] / s ** 2,
+                     "regulariser_cost": warm["reg_cost"] / s}
+
+    alpha, selection = choose_alpha(solve, field, mask, vs, b0_direction=b, weight=w_data, criterion=criterion,
+                                    alphas=1.0 / np.asarray(MEDI_AUTO_LAMBDAS), phase_scale=s,
+                                    pad_factor=pad_factor)
+    selection["gauss_newton_steps"] = MEDI_AUTO_FIRST_STEPS + MEDI_AUTO_STEPS * (calls["n"] - 1)
+    # the final solve starts from the sweep's solution nearest the chosen weight
+    warm["x"] = iterates[min(iterates, key=lambda a: abs(np.log(a / alpha)))]
+    return 1.0 / alpha, selection
 
 
 @contextmanager
@@ -377,8 +454,14 @@ def _numba_threads(n):
 
 
 def _solve(field, mask, vs, b, dom, mag, noise, csf, *, lam, lam_csf, s, ep, smv_r, merit, max_iter, tol,
-           cg_max_iter, cg_tol, return_info):
-    """The Gauss-Newton iterations of :func:`medi` on validated inputs."""
+           cg_max_iter, cg_tol, return_info, warm=None, held=None):
+    """The Gauss-Newton iterations of :func:`medi` on validated inputs.
+
+    ``warm`` (dict, optional): start from ``warm["x"]`` (padded grid, rad) when present, and
+    leave there the final ``x``, ``dx`` (``D x``), ``phi``, ``m_in`` (padded), ``data_cost``
+    (``||W (e^(iDx) - e^(i phi))||^2``) and ``reg_cost`` (``||M G x||_1``). ``held`` (bool,
+    input grid, optional): voxels given zero data weight (hold-out cross-validation).
+    """
     dt = dom.dtype.type
     shape = dom.padded
     fft, ifft = real_fft_pair(shape, dom.dtype)
@@ -390,6 +473,7 @@ def _solve(field, mask, vs, b, dom, mag, noise, csf, *, lam, lam_csf, s, ep, smv
     n_pad = np.zeros(shape, dtype=np.float64)
     n_pad[m_orig] = noise[mask]  # same voxel order: the box sits at the origin of the padded grid
     del noise
+    held_pad = None if held is None else _padded_bool(dom, held)
     sk = None
     if smv_r is not None:
         sk = smv_kernel(shape, vs, radius=smv_r, real_fft=True, dtype=dom.dtype)
@@ -409,6 +493,8 @@ def _solve(field, mask, vs, b, dom, mag, noise, csf, *, lam, lam_csf, s, ep, smv
             if bad.any():
                 bad = ifft(fft(bad.astype(dom.dtype)) * sk) > 1e-3
         ok = m_in & ~bad & (nz > 0)
+        if held_pad is not None:
+            ok &= ~held_pad
         w = np.zeros(shape, dtype=np.float64)
         w[ok] = 1.0 / nz[ok]
         mean = w[m_in].mean()
@@ -440,8 +526,12 @@ def _solve(field, mask, vs, b, dom, mag, noise, csf, *, lam, lam_csf, s, ep, smv
     e2 = -laplacian_kernel(shape, vs, real_fft=True, dtype=dom.dtype)
     d2 = d * d
     two_lam = 2.0 * lam
-    x = np.zeros(shape, dtype=dom.dtype)
-    dx_field = np.zeros(shape, dtype=dom.dtype)  # D x
+    if warm is not None and warm.get("x") is not None:
+        x = warm["x"].copy()
+        dx_field = ifft(fft(x) * d)  # D x
+    else:
+        x = np.zeros(shape, dtype=dom.dtype)
+        dx_field = np.zeros(shape, dtype=dom.dtype)  # D x
     c = np.empty((3,) + shape, dtype=dom.dtype)
     info = {"relative_change": [], "cg_iterations": [], "cost_data": [], "cost_reg": []}
     downweighted = np.zeros(shape, dtype=bool)
@@ -506,6 +596,9 @@ def _solve(field, mask, vs, b, dom, mag, noise, csf, *, lam, lam_csf, s, ep, smv
         if change < tol:
             converged = True
             break
+    if warm is not None:
+        warm.update(x=x, dx=dx_field, phi=phi, m_in=m_in, data_cost=info["cost_data"][-1] ** 2,
+                    reg_cost=info["cost_reg"][-1])
     out_mask = mask
     if sk is not None:
         out_mask = np.zeros(mask.shape, dtype=bool)

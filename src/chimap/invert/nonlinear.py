@@ -109,14 +109,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import dipole_kernel, laplacian_kernel
+from ..kernels import dipole_kernel
 from ..units import ppm_to_rad
-from . import _admm_kernels as K
 from . import _nonlinear_kernels as NK
 from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
-from .tv import DEFAULT_ALPHA
+from .autoreg import parse_alpha, warm_sweep
+from .tv import DEFAULT_ALPHA, DEFAULT_CRITERION, _TVADMM
 
-__all__ = ["DEFAULT_NDI_ALPHA", "DEFAULT_PHASE_SCALE", "ndi", "nltv", "rad_per_ppm"]
+__all__ = ["DEFAULT_NDI_ALPHA", "DEFAULT_PHASE_SCALE", "NDI_AUTO_MAX_ITER", "ndi", "nltv", "rad_per_ppm"]
 
 #: Newton steps stop below this phase change (rad).
 _NEWTON_TOL_RAD = 1e-6
@@ -134,14 +134,20 @@ DEFAULT_PHASE_SCALE = rad_per_ppm(3.0, 0.02)
 #: Default Tikhonov weight of :func:`ndi` (FANSI toolbox ``ndi.m``).
 DEFAULT_NDI_ALPHA = 1e-5
 
+#: ``ndi(max_iter="auto")``: most iterations cross-validated (the authors' script allows 200),
+#: the fraction of voxels held out, and how many steps past the held-out minimum to look.
+NDI_AUTO_MAX_ITER = 200
+NDI_AUTO_HOLDOUT = 0.1
+NDI_AUTO_PATIENCE = 25
+
 
 def _nonlinear_setup(local_field, mask, voxel_size, b0_direction, pad_factor, weight, phase_scale,
                      normalise):
     """Validate the inputs shared by the nonlinear inversions.
 
-    Returns ``(mask, vs, b, dom, w2_pad, f_pad, scale)``: ``w2_pad`` the squared weight
-    and ``f_pad`` the field on the padded grid (both zero outside the mask), ``scale`` the phase
-    scale (rad/ppm). ``normalise`` is ``"rms"`` (unit RMS in the mask) or ``"max"`` (maximum 1).
+    Returns ``(mask, vs, b, dom, w, field, scale)``: the data weight ``w`` and the field on the
+    input grid (both zero outside the mask), the phase scale ``scale`` (rad/ppm). ``normalise``
+    is ``"rms"`` (unit RMS in the mask) or ``"max"`` (maximum 1).
     """
     scale = check_positive(phase_scale, "phase_scale")
     field, mask, vs, b, dom = check_inversion_inputs(local_field, mask, voxel_size, b0_direction,
@@ -149,9 +155,7 @@ def _nonlinear_setup(local_field, mask, voxel_size, b0_direction, pad_factor, we
     w = check_weight(mask if weight is None else weight, mask, dom.dtype)
     if normalise == "max":
         w = w / w.max()
-    w2_pad = dom.pad(w * w)
-    f_pad = dom.pad(field)
-    return mask, vs, b, dom, w2_pad, f_pad, scale
+    return mask, vs, b, dom, w, field, scale
 
 
 def nltv(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=None,
@@ -175,9 +179,14 @@ def nltv(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=
     weight : numpy.ndarray, shape (I, J, K), optional
         Data weight ``W`` (e.g. the magnitude), non-negative, used inside the mask only and
         normalised to unit RMS there (as in :func:`chimap.invert.tv_admm`). None: 1 in the mask.
-    alpha : float
+    alpha : float or str
         TV weight (> 0), field in ppm and gradients in ppm/mm; the same meaning as in
-        ``tv_admm`` (default :data:`chimap.invert.DEFAULT_ALPHA` = 3e-4).
+        ``tv_admm`` (default :data:`chimap.invert.DEFAULT_ALPHA` = 3e-4). ``"auto"`` chooses
+        it from the data by hold-out cross-validation of the nonlinear fit (a warm-started
+        sweep as in :func:`chimap.invert.tv_admm`; held-out residuals measured as the chord
+        ``|exp(i s r) - 1| / s``, the residual of this data term); ``"auto:frequency"``,
+        ``"auto:lcurve"`` and ``"auto:inflection"`` use the other criteria of
+        :mod:`chimap.invert.autoreg`.
     phase_scale : float
         ``s`` (rad/ppm, > 0) that turns the field into phase, ``2 pi gamma_bar B0 TE``;
         default 3 T, TE 20 ms (:func:`rad_per_ppm`). ``s -> 0`` gives the linear weighted TV.
@@ -198,7 +207,8 @@ def nltv(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=
     pad_factor : float or sequence of 3 float
         The mask's bounding box is zero padded to at least this factor times its length.
     return_info : bool
-        Also return a dict with ``iterations``, ``converged`` and ``relative_change``.
+        Also return a dict with ``iterations``, ``converged`` and ``relative_change``; with an
+        automatic ``alpha`` also ``alpha`` and ``alpha_selection`` (as in ``tv_admm``).
 
     Returns
     -------
@@ -215,65 +225,57 @@ def nltv(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=
         weight, or ``alpha``, ``phase_scale``, ``rho``, ``mu``, ``tol``, ``max_iter`` or
         ``newton_iter`` not positive.
     """
-    alpha = check_positive(alpha, "alpha")
+    alpha, criterion = parse_alpha(alpha)
     rho = check_positive(rho, "rho", allow_none=True)
     mu = check_positive(mu, "mu")
     tol = check_positive(tol, "tol")
     max_iter = check_positive(max_iter, "max_iter", integer=True)
     newton_iter = check_positive(newton_iter, "newton_iter", integer=True)
-    if rho is None:
-        rho = 100.0 * alpha
-    mask, vs, b, dom, w2, f_pad, scale = _nonlinear_setup(
+    mask, vs, b, dom, w, field, scale = _nonlinear_setup(
         local_field, mask, voxel_size, b0_direction, pad_factor, weight, phase_scale, "rms")
-
-    dt = dom.dtype.type
-    shape = dom.padded
-    fft, ifft = real_fft_pair(shape, dom.dtype)
-    d = dipole_kernel(shape, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
-    e2 = -laplacian_kernel(shape, vs, real_fft=True, dtype=dom.dtype)  # |E|^2 >= 0
-    denom = dt(mu) * d * d + dt(rho) * e2
-    denom[0, 0, 0] = 1  # D(0) = |E(0)| = 0: the mean of chi is not determined; keep 0
-    inv = (1 / denom).astype(dom.dtype)
-    inv[0, 0, 0] = 0
-    del denom, e2
-    rho_inv = inv * dt(rho)
-    mu_d_inv = inv * d * dt(mu)
-    del inv
-    inv_h = (1.0 / vs).astype(np.float64)
-    thr = alpha / rho
-
-    prev = np.zeros(shape, dtype=dom.dtype)
-    u = np.zeros((3,) + shape, dtype=dom.dtype)
-    s = np.zeros((3,) + shape, dtype=dom.dtype)
-    ets = np.zeros(shape, dtype=dom.dtype)
-    u2 = np.zeros(shape, dtype=dom.dtype)
-    # z2 - u2: start from z2 = f where W > 0 (the branch of the given, unwrapped field), u2 = 0
-    t = np.where(w2 > 0, f_pad, dt(0))
-
-    converged = False
-    change = np.inf
-    it = 0
-    for it in range(1, max_iter + 1):
-        # chi update: (mu D^2 + rho |E|^2) chi = rho G^T(z - u) + mu D (z2 - u2)
-        K.grad_adjoint(s, ets, inv_h)
-        spec = fft(ets)
-        spec *= rho_inv
-        spec += fft(t) * mu_d_inv
-        chi = ifft(spec)
-        change = K.relative_change(chi, prev)
-        if change < tol:
-            converged = True
-            break
-        # z/u update: TV prox
-        K.grad_shrink_update(chi, u, s, inv_h, thr, bool(isotropic), 1.0)
-        # z2/u2 update: per-voxel Newton on the nonlinear data term (D chi from chi's spectrum)
-        spec *= d
-        dchi = ifft(spec)
-        NK.nonlinear_fidelity_update(dchi, f_pad, w2, mu, scale, u2, t, newton_iter, _NEWTON_TOL_RAD)
-    out = dom.unpad(chi, mask)
+    state = _NLTVADMM(field, mask, vs, b, dom, w, mu=mu, isotropic=isotropic, scale=scale,
+                      newton_iter=newton_iter)
+    selection = None
+    if criterion is not None:
+        alpha, selection = warm_sweep(state, field, mask, vs, b0_direction=b, weight=w, rho=rho, tol=tol,
+                                      pad_factor=pad_factor, phase_scale=scale,
+                                      criterion=DEFAULT_CRITERION if criterion == "default" else criterion)
+    state.set_alpha(alpha, 100.0 * alpha if rho is None else rho)
+    it, converged, change = state.run(max_iter, tol)
+    out = state.chi_out()
     if return_info:
-        return out, {"iterations": it, "converged": converged, "relative_change": float(change)}
+        info = {"iterations": it, "converged": converged, "relative_change": float(change)}
+        if selection is not None:
+            info["alpha"] = alpha
+            info["alpha_selection"] = selection
+        return out, info
     return out
+
+
+class _NLTVADMM(_TVADMM):
+    """The nlTV ADMM state (private): the linear TV-ADMM iteration of
+    :class:`chimap.invert.tv._TVADMM` with the per-voxel Newton step of the nonlinear data term
+    as its z2 update; warm-startable over ``alpha`` in the same way."""
+
+    def __init__(self, field, mask, vs, b, dom, w, *, mu, isotropic, scale, newton_iter):
+        super().__init__(field, mask, vs, b, dom, w, mu=mu, isotropic=isotropic, relax=1.0)
+        self.scale, self.newton_iter = float(scale), int(newton_iter)
+
+    def fidelity_update(self, dchi):
+        NK.nonlinear_fidelity_update(dchi, self.f_pad, self.w2, self.mu, self.scale, self.u2, self.t,
+                                     self.newton_iter, _NEWTON_TOL_RAD)
+
+    def measures(self):
+        """``(data, regulariser, predicted_field)`` as :meth:`_TVADMM.measures`, with the
+        nonlinear data term ``sum W^2 (2 sin(s (D chi - f) / 2) / s)^2``."""
+        from .autoreg import solver_costs
+
+        spec = self.fft(self.chi)
+        spec *= self.d
+        pred = self.ifft(spec)
+        data, reg = solver_costs(self.chi, self.f_pad, None, self.vs, isotropic=self.isotropic,
+                                 w2=self.w2, predicted_pad=pred, phase_scale=self.scale)
+        return data, reg, self.dom.unpad(pred, self.mask)
 
 
 def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=None,
@@ -303,8 +305,15 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
         number in rad units (both terms scale with ``s^2``).
     step : float
         Gradient step (> 0); the paper's script: 1. Must be below ``1 / (4/9 + alpha)``.
-    max_iter : int
+    max_iter : int or str
         Maximum number of iterations; default 100 (FANSI ``ndi.m``; the authors' script: 200).
+        ``"auto"`` chooses the stopping iteration, NDI's effective regulariser, from the data
+        by hold-out cross-validation (:mod:`chimap.invert.autoreg`): the iteration runs with
+        a reproducible tenth of the weighted voxels held out (zero weight), the held-out
+        residual (chord ``|exp(i s r) - 1| / s``) is recorded after every step up to
+        :data:`NDI_AUTO_MAX_ITER` (stopping 25 steps past its minimum), and the solve on all
+        voxels stops at the iteration of the minimum (or earlier by ``tol``). About twice the
+        cost of a fixed count.
     tol : float
         Stop when the relative change of the gradient, ``||g_k - g_(k-1)|| / ||g_k||``, is
         below ``tol`` (the paper's script: 0.5 % for one head orientation). Together with
@@ -317,7 +326,9 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
         The mask's bounding box is zero padded to at least this factor times its length.
     return_info : bool
         Also return a dict with ``iterations``, ``converged`` (stopped by ``tol``) and
-        ``relative_change`` (of the gradient, last iteration).
+        ``relative_change`` (of the gradient, last iteration); with ``max_iter="auto"`` also
+        ``max_iter`` (the chosen count) and ``iteration_selection`` (``cv_rmse`` per
+        iteration, ``holdout``, ``seed``, ``n_holdout``).
 
     Returns
     -------
@@ -330,40 +341,85 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
     ------
     ValueError
         Bad shapes, empty mask, NaN/inf in the mask, bad voxel size or B0 direction, a bad
-        weight, ``alpha``, ``step``, ``phase_scale``, ``tol`` or ``max_iter`` not positive, or
-        an unstable ``step``.
+        weight, ``alpha``, ``step``, ``phase_scale``, ``tol`` or ``max_iter`` not positive (or
+        ``alpha="auto"``: NDI is regularised by its stopping, ``max_iter="auto"``), or an
+        unstable ``step``.
     """
+    if isinstance(alpha, str):
+        raise ValueError('NDI is regularised by early stopping, not by its Tikhonov weight alpha: '
+                         'use max_iter="auto" to choose the stopping iteration from the data')
     alpha = check_positive(alpha, "alpha")
     step = check_positive(step, "step")
     tol = check_positive(tol, "tol")
-    max_iter = check_positive(max_iter, "max_iter", integer=True)
+    auto = isinstance(max_iter, str) and max_iter.strip().lower() == "auto"
+    if not auto:
+        max_iter = check_positive(max_iter, "max_iter", integer=True)
     if step * (4.0 / 9.0 + alpha) >= 1.0:
         raise ValueError(f"step must be below 1 / (4/9 + alpha) = {1.0 / (4.0 / 9.0 + alpha):.4g} "
                          f"for the gradient descent to be stable, got {step!r}")
-    mask, vs, b, dom, w2, f_pad, scale = _nonlinear_setup(
+    mask, vs, b, dom, w, field, scale = _nonlinear_setup(
         local_field, mask, voxel_size, b0_direction, pad_factor, weight, phase_scale, "max")
     shape = dom.padded
     fft, ifft = real_fft_pair(shape, dom.dtype)
     d = dipole_kernel(shape, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
-    cdtype = np.result_type(dom.dtype, np.complex64)
-    x = np.zeros(d.shape, dtype=cdtype)  # chi in k-space (real-FFT half spectrum)
-    g_prev = np.zeros(d.shape, dtype=cdtype)
-    q = np.zeros(shape, dtype=dom.dtype)
-    nyquist_last = shape[2] % 2 == 0
     box = tuple(slice(0, n) for n in dom.box_shape)  # W = 0 beyond the box: q stays 0 there
-    f_box, w2_box, q_box = f_pad[box], w2[box], q[box]
+    f_box = dom.pad(field)[box]
 
-    converged = False
-    change = np.inf
-    it = 0
-    for it in range(1, max_iter + 1):
-        dchi = ifft(x * d)
-        NK.sine_residual(dchi[box], f_box, w2_box, scale, q_box)
-        change = NK.ndi_step(x, fft(q), d, alpha, step, g_prev, nyquist_last)
-        if change < tol:
-            converged = True
-            break
+    def iterate(w_in, n_iter, stop_tol, held=None, patience=None):
+        """NDI from chi = 0 with the weight ``w_in`` (input grid); returns the k-space iterate,
+        the iterations run, whether ``stop_tol`` stopped it, the last change and, with
+        ``held``, the held-out RMS chord residual after every step."""
+        w2_box = dom.pad(w_in * w_in)[box]
+        x = np.zeros(d.shape, dtype=np.result_type(dom.dtype, np.complex64))  # chi in k-space
+        g_prev = np.zeros_like(x)
+        q = np.zeros(shape, dtype=dom.dtype)
+        q_box = q[box]
+        nyquist_last = shape[2] % 2 == 0
+        if held is not None:
+            held_box = dom.pad(held)[box] > 0
+            f_held, w2_held = f_box[held_box].astype(np.float64), dom.pad(w * w)[box][held_box]
+        errors = []
+        change, converged, it = np.inf, False, 0
+        for it in range(1, n_iter + 1):
+            dchi = ifft(x * d, overwrite=True)
+            if held is not None and it > 1:  # residual of the previous step's chi
+                errors.append(_held_out_rmse(dchi[box][held_box], f_held, w2_held, scale))
+                if len(errors) - 1 - int(np.argmin(errors)) >= patience:
+                    break
+            NK.sine_residual(dchi[box], f_box, w2_box, scale, q_box)
+            change = NK.ndi_step(x, fft(q), d, alpha, step, g_prev, nyquist_last)
+            if change < stop_tol:
+                converged = True
+                break
+        return x, it, converged, change, errors
+
+    selection = None
+    if auto:
+        from .autoreg import holdout_mask
+
+        held = (w > 0) & holdout_mask(mask.shape, NDI_AUTO_HOLDOUT, 0)
+        n_held = int(held.sum())
+        if n_held < 20 or n_held == int(np.count_nonzero(w)):
+            raise ValueError(f'max_iter="auto" needs voxels to hold out for cross-validation; this mask '
+                             f'has too few ({n_held}): give a number of iterations')
+        # no tolerance stop while cross-validating: the held-out error decides
+        _, _, _, _, errors = iterate(np.where(held, 0, w).astype(w.dtype), NDI_AUTO_MAX_ITER + 1, 0.0,
+                                     held=held, patience=NDI_AUTO_PATIENCE)
+        max_iter = int(np.argmin(errors)) + 1  # errors[k] is the error after k + 1 steps
+        selection = {"criterion": "cv", "holdout": NDI_AUTO_HOLDOUT, "seed": 0, "n_holdout": n_held,
+                     "cv_rmse": errors, "max_iter": max_iter}
+    x, it, converged, change, _ = iterate(w, max_iter, tol)
     out = dom.unpad(ifft(x), mask)
     if return_info:
-        return out, {"iterations": it, "converged": converged, "relative_change": float(change)}
+        info = {"iterations": it, "converged": converged, "relative_change": float(change)}
+        if selection is not None:
+            info["max_iter"] = max_iter
+            info["iteration_selection"] = selection
+        return out, info
     return out
+
+
+def _held_out_rmse(pred, f, w2, scale):
+    """Weighted RMS chord residual ``|exp(i s (pred - f)) - 1| / s`` over held-out voxels."""
+    r = 2.0 * np.sin(0.5 * scale * (pred.astype(np.float64) - f)) / scale
+    return float(np.sqrt(np.sum(w2 * r * r) / np.sum(w2)))

@@ -66,6 +66,7 @@ from ..kernels import dipole_kernel
 from . import _admm_kernels as KA
 from . import _ilsqr_kernels as K
 from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
+from .autoreg import parse_alpha
 from .tv import DEFAULT_ALPHA, tv_admm
 
 __all__ = ["star_qsm"]
@@ -131,9 +132,11 @@ def star_qsm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alp
         Voxel sizes in mm (anisotropic allowed).
     b0_direction : array_like, shape (3,)
         B0 direction in voxel axes.
-    alpha : float
+    alpha : float or str
         Regularisation weight of the weak-source level (TV, field in ppm, gradients in ppm/mm);
         default :data:`chimap.invert.DEFAULT_ALPHA` (chimap's TV sweep, not the paper's).
+        ``"auto"`` (or ``"auto:<criterion>"``) chooses it from the weak sources' field as
+        :func:`chimap.invert.tv_admm` does (hold-out cross-validation by default).
     strong_fraction : float
         In (0, 1): the strong-source weight as a fraction of ``max |D^T W^2 f|`` (above which no
         voxel would be kept). Smaller values move more voxels into the sparse level. Default
@@ -154,7 +157,8 @@ def star_qsm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alp
     return_info : bool
         Also return ``{"strong": {...}, "weak": {...}, "chi_strong": array}``: iterations,
         convergence and the level-1 weight and number of source voxels; the strong-source map
-        (ppm, input shape).
+        (ppm, input shape); with an automatic ``alpha`` also ``alpha`` and ``alpha_selection``
+        (of the weak level).
 
     Returns
     -------
@@ -170,7 +174,7 @@ def star_qsm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alp
         Invalid shapes, empty mask, NaN/inf inside the mask, bad voxel size, B0 direction or
         weight, or a parameter out of range (named in the message).
     """
-    alpha = check_positive(alpha, "alpha")
+    parse_alpha(alpha)  # validate now; tv_admm resolves "auto" on the weak sources' field
     fraction = check_positive(strong_fraction, "strong_fraction")
     if fraction >= 1.0:
         raise ValueError(f"strong_fraction must be in (0, 1), got {strong_fraction!r}")
@@ -198,5 +202,8 @@ def star_qsm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alp
     chi_strong = dom.unpad(chi1, mask)
     out = chi_strong + chi2
     if return_info:
-        return out, {"strong": info1, "weak": info2, "chi_strong": chi_strong}
+        info = {"strong": info1, "weak": info2, "chi_strong": chi_strong}
+        if "alpha_selection" in info2:
+            info.update(alpha=info2["alpha"], alpha_selection=info2.pop("alpha_selection"))
+        return out, info
     return out

@@ -36,7 +36,7 @@ import numpy as np
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
 from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
-from .autoreg import choose_alpha, parse_alpha, warm_solver
+from .autoreg import parse_alpha, warm_sweep
 
 __all__ = ["DEFAULT_ALPHA", "tv_admm"]
 
@@ -144,13 +144,8 @@ def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alph
         if w is None and criterion == "cv":
             raise ValueError('alpha="auto" cross-validates the data fit, which needs the weighted solver: '
                              'use solver="weighted" or alpha="auto:frequency" / "auto:lcurve"')
-        # sweep over alpha, each weight warm-started from the previous one; the final solve
-        # continues from the sweep's last state, with every voxel's data weight restored
-        solve = warm_solver(state, rho=rho, tol=tol)
-        alpha, selection = choose_alpha(solve, field, mask, vs, b0_direction=b, weight=w,
-                                        pad_factor=pad_factor, regulariser="tv", criterion=criterion)
-        selection["sweep_iterations"] = solve.calls["iterations"]
-        state.set_weight(w)
+        alpha, selection = warm_sweep(state, field, mask, vs, b0_direction=b, weight=w, rho=rho,
+                                      tol=tol, pad_factor=pad_factor, criterion=criterion)
     state.set_alpha(alpha, 100.0 * alpha if rho is None else rho)
     it, converged, change = state.run(max_iter, tol)
     out = state.chi_out()
@@ -172,6 +167,9 @@ class _TVADMM:
     ``100 * alpha``) the shrinkage threshold ``alpha / rho`` and the scaled dual ``u`` of the
     optimum do not change with ``alpha``: only the k-space inverse is rebuilt.
     """
+
+    #: The iterates that define the state (copied by :func:`.autoreg.snapshot_state`).
+    ITERATES = ("chi", "prev", "u", "s", "u2", "t")
 
     def __init__(self, field, mask, vs, b, dom, w, *, mu, isotropic, relax):
         self.mask, self.vs, self.dom, self.w = mask, vs, dom, w
@@ -229,7 +227,6 @@ class _TVADMM:
     def run(self, max_iter, tol):
         """At most ``max_iter`` iterations; stop when the relative change is below ``tol``.
         Returns ``(iterations, converged, relative_change)``."""
-        dt = self.dom.dtype.type
         fft, ifft = self.fft, self.ifft
         thr = self.alpha / self.rho
         converged = False
@@ -239,11 +236,11 @@ class _TVADMM:
             # chi update (closed form in k-space)
             K.grad_adjoint(self.s, self.ets, self.inv_h)
             spec = fft(self.ets)
-            spec *= self.rho_inv
             if self.w is None:
+                spec *= self.rho_inv
                 spec += self.dtf
             else:
-                spec += fft(self.t) * self.mu_d_inv
+                K.tv_chi_spectrum(spec, fft(self.t), self.rho_inv, self.mu_d_inv)
             self.chi = ifft(spec).astype(self.dom.dtype, copy=False)
             change = K.relative_change(self.chi, self.prev)
             if change < tol:
@@ -252,11 +249,15 @@ class _TVADMM:
             # z/u update (TV prox)
             K.grad_shrink_update(self.chi, self.u, self.s, self.inv_h, thr, self.isotropic, self.relax)
             if self.w is not None:
-                spec = fft(self.chi)
-                spec *= self.d
-                dchi = ifft(spec).astype(self.dom.dtype, copy=False)
-                K.fidelity_update(dchi, self.w2f, self.w2, dt(self.mu), self.u2, self.t, self.relax)
+                spec *= self.d  # the irfft kept chi's spectrum: D chi without another FFT
+                self.fidelity_update(ifft(spec, overwrite=True))
         return it, converged, change
+
+    def fidelity_update(self, dchi):
+        """z2/u2 update of the data split ``z2 = D chi`` (quadratic data term); updates
+        ``self.u2`` and ``self.t`` in place."""
+        K.fidelity_update(dchi, self.w2f, self.w2, self.dom.dtype.type(self.mu), self.u2, self.t,
+                          self.relax)
 
     def chi_out(self):
         """The current chi on the input grid, zero outside the mask."""

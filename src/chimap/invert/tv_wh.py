@@ -24,7 +24,7 @@ import numpy as np
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
 from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
-from .autoreg import choose_alpha, parse_alpha, warm_solver
+from .autoreg import parse_alpha, warm_sweep
 from .tv import DEFAULT_ALPHA, DEFAULT_CRITERION
 
 __all__ = ["DEFAULT_WH_BETA", "tv_admm_wh"]
@@ -75,7 +75,9 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
         correction of LBV (:mod:`chimap.background.boundary`). The stopping test is suspended
         until the last refinement.
     refine_every, refine_times : int
-        See ``refine_field``.
+        See ``refine_field``. After an automatic ``alpha`` the final solve starts from the
+        sweep's solution at the best weight and refines every ``min(refine_every,
+        WARM_REFINE_EVERY)`` iterations (chi is already close to its final value).
     return_harmonic : bool
         Also return ``phi``, the fitted residual harmonic field (ppm, zero outside ``mask``).
     return_info : bool
@@ -135,16 +137,13 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
                   isotropic=isotropic, relax=relax)
     selection = None
     if criterion is not None:
-        # sweep over alpha on the given field (no boundary refinement), each weight
-        # warm-started from the previous one; the final solve continues from the last state,
-        # with every voxel's data weight restored
-        solve = warm_solver(state, rho=rho, tol=tol)
-        alpha, selection = choose_alpha(
-            solve, field, mask, vs, b0_direction=b, weight=w, pad_factor=pad_factor, regulariser="tv",
-            criterion=DEFAULT_CRITERION if criterion == "default" else criterion)
-        selection["sweep_iterations"] = solve.calls["iterations"]
-        state.set_weight(w)
+        # the sweep fits the given field (no boundary refinement)
+        alpha, selection = warm_sweep(state, field, mask, vs, b0_direction=b, weight=w, rho=rho, tol=tol,
+                                      pad_factor=pad_factor,
+                                      criterion=DEFAULT_CRITERION if criterion == "default" else criterion)
     state.set_alpha(alpha, 100.0 * alpha if rho is None else rho)
+    if selection is not None:
+        refine_every = min(refine_every, WARM_REFINE_EVERY)
     it, converged, change = state.run(max_iter, tol, refine_field=refine_field,
                                       refine_every=refine_every, refine_times=refine_times)
     out = state.chi_out()
@@ -160,10 +159,17 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
     return (out, *extra) if extra else out
 
 
+#: Refinement interval of the final solve after a warm-started sweep (``alpha="auto"``).
+WARM_REFINE_EVERY = 5
+
+
 class _TVWH:
     """The weak-harmonic TV-ADMM iteration state on the padded grid (private); like
     :class:`chimap.invert.tv._TVADMM`, :meth:`set_alpha` changes the TV weight and its ADMM
     penalty and keeps the iterates, for warm-started sweeps over ``alpha``."""
+
+    #: The iterates that define the state (copied by :func:`.autoreg.snapshot_state`).
+    ITERATES = ("chi", "prev", "u", "s", "u2", "t", "u3", "cq", "phi_spec")
 
     def __init__(self, field, mask, vs, b, dom, w, *, beta, hmask, mu, nu, isotropic, relax):
         self.mask, self.vs, self.dom = mask, vs, dom
@@ -202,30 +208,14 @@ class _TVWH:
     def set_alpha(self, alpha, rho):
         """Set the TV weight and the ADMM penalty of the gradient split; rebuilds the 2 x 2
         per-frequency inverse of the joint (chi, phi) update, keeps the iterates."""
-        mu, nu, d = self.mu, self.nu, self.d64
-        e2 = -self.lap64
         # joint (chi, phi) update: [[mu D^2 + rho E2, mu D], [mu D, mu + nu L^2]] [X, P] = [R1, R2]
         # with R1 = mu D T + rho S, R2 = mu T + nu L C (T = F(y - u2), S = F(G^T(z - u)),
-        # C = F(q - u3)); closed-form 2 x 2 inverse, coefficients precomputed per frequency.
-        a11 = mu * d * d + rho * e2
-        a22 = mu + nu * e2 * e2
-        det = mu * nu * d * d * e2 * e2 + rho * mu * e2 + rho * nu * e2 * e2 * e2
-        det[0, 0, 0] = 1.0
-        inv = 1.0 / det
-        del det
-        c = {
-            "xt": mu * nu * d * e2 * e2 * inv,
-            "xs": rho * a22 * inv,
-            "xc": mu * nu * d * e2 * inv,
-            "pt": mu * rho * e2 * inv,
-            "ps": -mu * rho * d * inv,
-            "pc": -a11 * nu * e2 * inv,
-        }
-        del a11, a22, inv
-        for value in c.values():
-            value[0, 0, 0] = 0.0
-        c["pt"][0, 0, 0] = 1.0  # k = 0: chi mean undetermined (0); phi mean fitted to the data
-        self.c = {k: v.astype(self.dom.dtype) for k, v in c.items()}
+        # C = F(q - u3)); closed-form 2 x 2 inverse, coefficients per frequency (numba, float64)
+        if not hasattr(self, "c"):
+            self.c = {k: np.empty(self.d64.shape, dtype=self.dom.dtype) for k in ("xt", "xs", "xc", "pt", "ps", "pc")}
+        c = self.c
+        K.wh_coefficients(self.d64, -self.lap64, float(self.mu), float(self.nu), float(rho),
+                          c["xt"], c["xs"], c["xc"], c["pt"], c["ps"], c["pc"])
         self.alpha, self.rho = float(alpha), float(rho)
 
     def run(self, max_iter, tol, *, refine_field=None, refine_every=15, refine_times=0):
@@ -241,14 +231,12 @@ class _TVWH:
         for it in range(1, max_iter + 1):
             K.grad_adjoint(self.s, self.ets, self.inv_h)
             ts, ss, cs = fft(self.t), fft(self.ets), fft(self.cq)
-            xs = c["xt"] * ts
-            xs += c["xs"] * ss
-            xs += c["xc"] * cs
-            phi_spec = c["pt"] * ts
-            phi_spec += c["ps"] * ss
-            phi_spec += c["pc"] * cs
-            del ts, ss, cs
-            self.phi_spec = phi_spec
+            xs = np.empty_like(ts)
+            if self.phi_spec is None or self.phi_spec.shape != ts.shape:
+                self.phi_spec = np.empty_like(ts)
+            phi_spec = self.phi_spec
+            K.wh_joint_update(ts, ss, cs, c["xt"], c["xs"], c["xc"], c["pt"], c["ps"], c["pc"], xs, phi_spec)
+            del ts, ss
             self.chi = ifft(xs)
             change = K.relative_change(self.chi, self.prev)
             if refined < refine_times and (it % refine_every == 0 or change < tol):
@@ -262,12 +250,12 @@ class _TVWH:
                 converged = True
                 break
             K.grad_shrink_update(self.chi, self.u, self.s, self.inv_h, thr, self.isotropic, self.relax)
-            xs *= self.d
-            xs += phi_spec
-            K.fidelity_update(ifft(xs), self.w2f, self.w2, dt(self.mu), self.u2, self.t, self.relax)
+            K.wh_field_spectra(xs, phi_spec, self.d, self.lap, xs, cs)  # xs <- D chi + phi, cs <- L phi
+            K.fidelity_update(ifft(xs, overwrite=True), self.w2f, self.w2, dt(self.mu), self.u2, self.t,
+                              self.relax)
             # q = nu (L phi + u3) / (beta M_h + nu): the same pointwise form with zero "data"
-            K.fidelity_update(ifft(phi_spec * self.lap), self.zero, self.hb, dt(self.nu), self.u3,
-                              self.cq, self.relax)
+            K.fidelity_update(ifft(cs, overwrite=True), self.zero, self.hb, dt(self.nu), self.u3, self.cq, self.relax)
+            del xs, cs
         return it, converged, change
 
     def chi_out(self):
