@@ -82,3 +82,24 @@ def test_bad_input_exit_2(files, tmp_path, capsys, case, extra):
     err = capsys.readouterr().err
     assert "error" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_sidecar_records_the_automatic_choice_and_medi_gets_the_magnitude(files, tmp_path):
+    import json
+
+    root, _ = files
+    out = tmp_path / "chi_medi.nii.gz"
+    args = ["-q", "invert", str(root / "local.nii.gz"), "--mask", str(root / "mask.nii.gz"), "--method", "medi",
+            "--magnitude", str(root / "mag.nii.gz"), "--set", "lam=auto", "--set", "max_iter=3", "-o", str(out)]
+    assert cli.main(args) == 0
+    rec = json.loads((tmp_path / "chi_medi.json").read_text())
+    assert rec["method"] == "medi" and rec["parameters"]["lam"] == "auto" and rec["units"] == "ppm"
+    lam = rec["chosen_from_data"]["lam"]
+    assert 100 <= lam <= 1e5 and rec["chosen_from_data"]["lam_selection"]["criterion"] == "cv"
+    np.testing.assert_allclose(rec["b0_direction_voxel_axes"], B0, atol=1e-6)
+    assert 0.07 < _contrast(out) < 0.12
+    # a fixed weight: nothing chosen
+    fixed = tmp_path / "chi_tkd.nii.gz"
+    assert cli.main(["-q", "invert", str(root / "local.nii.gz"), "--mask", str(root / "mask.nii.gz"),
+                     "--method", "tkd", "-o", str(fixed)]) == 0
+    assert json.loads((tmp_path / "chi_tkd.json").read_text())["chosen_from_data"] == {}
