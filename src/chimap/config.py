@@ -60,6 +60,9 @@ STEPS: dict[str, dict[str, str]] = {
         "star_qsm": "chimap.invert:star_qsm",
         "nltv": "chimap.invert:nltv",
         "ndi": "chimap.invert:ndi",
+        # one step from the wrapped phase: the pipeline skips unwrapping, echo combination and
+        # background removal (chimap.pipeline)
+        "tgv": "chimap.tgv:tgv_qsm",
     },
     "reference": {
         "brain": "",
@@ -98,7 +101,11 @@ _SUPPLIED = {"phase", "phases", "magnitude", "mask", "voxel_size", "echo_times",
              "b0_direction", "total_field", "local_field", "field", "weight", "weights",
              "phase_unwrapped", "data", "noise", "chi", "unwrap", "phase_offset", "template",
              "return_info", "return_residual", "return_harmonic", "harmonic_mask", "refine_field",
-             "refine_every", "refine_times", "noise_std", "csf_mask"}
+             "refine_every", "refine_times", "noise_std", "csf_mask", "echo_time", "progress"}
+
+#: Inversions that start from the wrapped phase and replace unwrapping, echo combination and
+#: background removal.
+ONE_STEP_INVERSIONS = {"tgv"}
 
 
 def available_presets() -> list[str]:

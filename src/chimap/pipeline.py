@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .config import expand_defaults, method_function, resolve, step_kwargs
+from .config import ONE_STEP_INVERSIONS, expand_defaults, method_function, resolve, step_kwargs
 from .reference import csf_mask_from_r2star, reference_chi
 from .geometry import check_b0_direction, check_voxel_size
 from .units import check_echo_times, check_field_strength
@@ -40,14 +40,15 @@ class PipelineResult:
         Voxels where chi is valid (brain mask after background removal).
     brain_mask : numpy.ndarray of bool
         Brain mask before background removal.
-    field : numpy.ndarray of float32
-        Total field (ppm).
-    local_field : numpy.ndarray of float32
-        Local field (ppm).
+    field : numpy.ndarray of float32 or None
+        Total field (ppm); None after a one-step inversion (TGV-QSM), which computes none.
+    local_field : numpy.ndarray of float32 or None
+        Local field (ppm); None after a one-step inversion.
     reliability : numpy.ndarray or None
         Noise/reliability map of the field fit.
     inversion : dict
-        What the inversion chose from the data: with ``alpha = "auto"`` the chosen ``alpha``
+        After TGV-QSM its record (iterations, convergence, parameters); otherwise what the
+        inversion chose from the data: with ``alpha = "auto"`` the chosen ``alpha``
         and its ``alpha_selection`` record (:mod:`chimap.invert.autoreg`); likewise MEDI's
         ``lam`` and NDI's ``max_iter`` (:data:`AUTOMATIC_PARAMETERS`).
     reference_offset : float
@@ -184,6 +185,11 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
                 phase, brain, vs, magnitude=magnitude, echo_times=te, **step_kwargs(cfg, "offsets"))
             corrected = remove_phase_offset(phase, offset)
 
+    if cfg["invert"]["method"] in ONE_STEP_INVERSIONS:
+        chi, valid = _one_step(corrected, brain, vs, te, b0t, b0, cfg, timings, chosen)
+        return _referenced_result(chi, valid, brain, None, None, None, cfg, magnitude, te, vs, ref_region,
+                                  timings, chosen)
+
     combine = cfg["combine"]["method"]
     with _step(timings, "unwrapping"):
         unwrapped = None
@@ -250,6 +256,31 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
     else:
         chi, valid, local = _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings, chosen)
 
+    return _referenced_result(chi, valid, brain, total, local, reliability, cfg, magnitude, te, vs, ref_region,
+                              timings, chosen)
+
+
+def _one_step(phase, brain, vs, te, b0t, b0, cfg, timings, chosen):
+    """Single-step inversion (TGV-QSM) of the offset-corrected wrapped phase: (chi, mask)."""
+    func = method_function("invert", cfg["invert"]["method"])
+
+    def progress(it, total, change):
+        log.info("  TGV iteration %5d / %d, relative change of chi %.2e", it, total, change)
+
+    kw = step_kwargs(cfg, "invert")
+    if phase.shape[3] >= 2 and cfg["offsets"]["method"] == "mcpc3ds":
+        # the receiver offsets are gone: fit the echoes' Laplacians through the origin in TE
+        kw.setdefault("echo_combination", "laplacian_origin")
+    with _step(timings, "TGV-QSM (unwrapping, background removal and inversion in one)"):
+        chi, info = func(phase, brain, vs, echo_time=te, field_strength=b0t, b0_direction=b0, progress=progress,
+                         return_info=True, **kw)
+    chosen.update({k: v for k, v in info.items() if k != "mask"})
+    return chi, info["mask"]
+
+
+def _referenced_result(chi, valid, brain, total, local, reliability, cfg, magnitude, te, vs, ref_region, timings,
+                       chosen):
+    """Reference chi as configured and assemble the :class:`PipelineResult`."""
     with _step(timings, "referencing"):
         region = cfg["reference"]["method"]
         offset_ppm = 0.0
@@ -268,7 +299,7 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
         chi = np.where(valid, chi, 0).astype(np.float32)
 
     return PipelineResult(chi=chi, mask=valid, brain_mask=brain, field=total,
-                          local_field=np.where(valid, local, 0).astype(np.float32),
+                          local_field=None if local is None else np.where(valid, local, 0).astype(np.float32),
                           reliability=reliability, reference_offset=offset_ppm, config=cfg, timings=timings,
                           inversion=chosen)
 
@@ -522,8 +553,9 @@ def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_streng
     save_nifti(out / "mask.nii.gz", result.mask.astype(np.uint8), acq.affine)
     want = cfg.get("output", {}).get("intermediates", False) if intermediates is None else intermediates
     if want:
-        save_nifti(out / "field.nii.gz", result.field, acq.affine)
-        save_nifti(out / "local_field.nii.gz", result.local_field, acq.affine)
+        if result.field is not None:  # a one-step inversion (TGV) computes no field maps
+            save_nifti(out / "field.nii.gz", result.field, acq.affine)
+            save_nifti(out / "local_field.nii.gz", result.local_field, acq.affine)
         save_nifti(out / "brain_mask.nii.gz", result.brain_mask.astype(np.uint8), acq.affine)
         if result.reliability is not None:
             save_nifti(out / "field_reliability.nii.gz", np.asarray(result.reliability, np.float32), acq.affine)

@@ -37,6 +37,8 @@ _NAMES = {
     "tv_admm": "total-variation regularised inversion by ADMM (Bilgic et al. MRM 2014; Milovic et al. MRM 2018)",
     "tv_admm_wh": "total-variation regularised inversion with weak-harmonic background correction by ADMM "
                   "(Milovic et al. MRM 2019)",
+    "tgv": "single-step TGV-QSM: unwrapping (through the phase Laplacian), background removal and "
+           "inversion in one primal-dual optimisation (Langkammer et al. NeuroImage 2015)",
     "brain": "mean over the whole brain mask",
     "csf": "mean over a CSF region (lowest-R2* voxels of the ventricles)",
     "labels": "mean over labels of a user-supplied segmentation",
@@ -46,13 +48,13 @@ _NAMES = {
 #: consensus recommendation -> predicate on the configuration
 CONSENSUS_CHECKS = {
     "phase unwrapping by an exact (path-following / region-growing) method":
-        lambda c: c["unwrap"]["method"] == "region_growing",
+        lambda c: c.get("unwrap", {}).get("method") == "region_growing",
     "multi-echo combination before background field removal":
-        lambda c: c["combine"]["method"] in ("linear_fit", "weighted_average", "complex_fit"),
+        lambda c: c.get("combine", {}).get("method") in ("linear_fit", "weighted_average", "complex_fit"),
     "background field removal by the SHARP family or PDF":
-        lambda c: c["background"]["method"] in ("vsharp", "sharp", "resharp", "ismv", "pdf"),
+        lambda c: c.get("background", {}).get("method") in ("vsharp", "sharp", "resharp", "ismv", "pdf"),
     "sparsity-regularised (TV/L1) dipole inversion":
-        lambda c: c["invert"]["method"] in ("tv_admm", "tv_admm_wh"),
+        lambda c: c["invert"]["method"] in ("tv_admm", "tv_admm_wh", "tgv"),
     "reference region specified (whole brain recommended)":
         lambda c: c["reference"]["method"] != "none",
 }
@@ -100,18 +102,28 @@ def consensus_report(cfg, acq, result) -> dict:
     steps = {s: _step(cfg, s) for s in ("mask", "offsets", "unwrap", "combine", "background", "invert", "reference")}
     checks = {name: bool(pred(cfg)) for name, pred in CONSENSUS_CHECKS.items()}
     te_ms = [round(float(t) * 1e3, 3) for t in acq.echo_times]
-    paragraph = (
+    head = (
         f"QSM was computed with chimap {__version__} from {len(te_ms)}-echo data (TE = {te_ms} ms, "
         f"{acq.field_strength:g} T, voxel {np.round(acq.voxel_size, 3).tolist()} mm, B0 direction "
         f"{np.round(acq.b0_direction, 4).tolist()} in voxel axes, obliquity {acq.obliquity_deg:.1f} deg) "
         f"on the acquired grid without resampling. Brain mask: {steps['mask']['description']}. "
-        f"Phase offsets: {steps['offsets']['description']}. Unwrapping: {steps['unwrap']['description']}. "
-        f"Echo combination: {steps['combine']['description']}. Background field removal: "
-        f"{steps['background']['description']}{_refinement_clause(cfg)}. Dipole inversion: "
-        f"{steps['invert']['description']} "
-        f"with parameters {steps['invert']['parameters']}{_automatic_clause(result)}. Susceptibility is reported in ppm, referenced to "
-        f"the {steps['reference']['description']}."
+        f"Phase offsets: {steps['offsets']['description']}. "
     )
+    if steps["invert"]["method"] == "tgv":
+        record = getattr(result, "inversion", None) or {}
+        middle = (f"Unwrapping, background field removal and dipole inversion: {steps['invert']['description']} "
+                  f"with parameters {steps['invert']['parameters']} ({record.get('iterations')} iterations, "
+                  f"TGV weights (first, second order) {record.get('alpha')}, {record.get('erosions')} mask erosions). ")
+        steps = {k: v for k, v in steps.items() if v["method"] is not None}
+    else:
+        middle = (
+            f"Unwrapping: {steps['unwrap']['description']}. "
+            f"Echo combination: {steps['combine']['description']}. Background field removal: "
+            f"{steps['background']['description']}{_refinement_clause(cfg)}. Dipole inversion: "
+            f"{steps['invert']['description']} "
+            f"with parameters {steps['invert']['parameters']}{_automatic_clause(result)}. ")
+    paragraph = (head + middle
+                 + f"Susceptibility is reported in ppm, referenced to the {steps['reference']['description']}.")
     return {
         "software": f"chimap {__version__}",
         "units": "ppm",

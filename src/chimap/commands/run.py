@@ -43,6 +43,9 @@ def add_arguments(parser):
     parser.add_argument("-o", "--output", required=False, metavar="DIR", help="output folder")
     parser.add_argument("--preset", default="default", help="shipped preset (default, fast, ...)")
     parser.add_argument("--config", default=None, metavar="TOML", help="configuration file over the preset")
+    parser.add_argument("--inversion", default=None, metavar="METHOD",
+                        help="dipole inversion instead of the preset's, with its defaults (e.g. tv_admm, medi, "
+                             "tgv: single-step TGV-QSM from the wrapped phase)")
     parser.add_argument("--intermediates", action="store_true",
                         help="also write field.nii.gz, local_field.nii.gz and the brain mask")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
@@ -58,6 +61,8 @@ def run(args) -> int:
         overrides = {"reference": {"method": "labels"}}
         if args.reference_values:
             overrides["reference"]["values"] = list(args.reference_values)
+    if args.inversion:
+        overrides = {**(overrides or {}), "invert": {"method": args.inversion}}
     if args.print_config:
         print(to_toml(expand_defaults(resolve(args.preset, config_file=args.config, overrides=overrides))))
         return 0
