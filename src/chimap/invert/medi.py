@@ -113,12 +113,13 @@ decades from 100 to about 56000, the toolbox's 1000 in the middle), each weight 
 from the previous solution with one Gauss-Newton step (two for the first, from ``x = 0``) and
 MERIT off, and the sweep stops two weights past the minimum of the held-out residual (the chord
 ``|exp(i s r) - 1| / s`` of the field residual ``r``, weighted by ``W``). The final solve
-continues from the sweep's last iterate with every voxel's weight restored (and MERIT if asked)
-for up to ``max_iter`` steps from the sweep's solution nearest the chosen weight (each weight
-of the sweep also starts from its nearest predecessor, which matters when the sweep widens
-back up). ``"auto:lcurve"`` and the other criteria use the same sweep
-(data term ``||W (e^(iDx) - e^(i phi))||^2 / s^2``, regulariser ``||M G x||_1 / s``). The sweep
-costs about as many Gauss-Newton steps as it has weights.
+starts from the sweep's solution at the weight nearest the chosen one and runs, with every
+voxel's weight restored (and MERIT if asked), for up to ``max_iter`` steps; each weight of the
+sweep likewise starts from the solution of its nearest predecessor (which matters when the
+sweep widens back up). ``"auto:lcurve"`` and the other criteria use the same sweep (data term
+``||W (e^(iDx) - e^(i phi))||^2 / s^2``, regulariser ``||M G x||_1 / s``). The sweep costs
+about as many Gauss-Newton steps as it has weights and keeps one iterate per weight (the
+padded grid in float32 each).
 
 Deviations from the toolbox
 ---------------------------
