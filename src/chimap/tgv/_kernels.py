@@ -20,6 +20,28 @@ from numba import njit, prange
 __all__ = ["dual_step", "laplacian_of_wrapped_phase", "primal_step", "relative_change"]
 
 
+@njit(cache=True, inline="always")
+def _second_differences(x, i, j, k):
+    """``x[+1] + x[-1] - 2 x`` along each axis at ``(i, j, k)``."""
+    c = 2.0 * x[i, j, k]
+    return (x[i + 1, j, k] + x[i - 1, j, k] - c, x[i, j + 1, k] + x[i, j - 1, k] - c,
+            x[i, j, k + 1] + x[i, j, k - 1] - c)
+
+
+@njit(cache=True, inline="always")
+def _mixed_differences(x, i, j, k, mixed):
+    """The oblique part of the dipole Laplacian: ``mixed`` weights (xy, xz, yz) on the cross
+    stencils ``x[+,+] - x[+,-] - x[-,+] + x[-,-]``."""
+    out = 0.0
+    if mixed[0] != 0.0:
+        out += mixed[0] * (x[i + 1, j + 1, k] - x[i + 1, j - 1, k] - x[i - 1, j + 1, k] + x[i - 1, j - 1, k])
+    if mixed[1] != 0.0:
+        out += mixed[1] * (x[i + 1, j, k + 1] - x[i + 1, j, k - 1] - x[i - 1, j, k + 1] + x[i - 1, j, k - 1])
+    if mixed[2] != 0.0:
+        out += mixed[2] * (x[i, j + 1, k + 1] - x[i, j + 1, k - 1] - x[i, j - 1, k + 1] + x[i, j - 1, k - 1])
+    return out
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def dual_step(chib, psib, wb, eta, p, q, lapphi, m, m0, inv_h, inv_h2, axial, mixed, sigma,
               alpha1, alpha0, span):
@@ -38,19 +60,8 @@ def dual_step(chib, psib, wb, eta, p, q, lapphi, m, m0, inv_h, inv_h2, axial, mi
                 c = chib[i, j, k]
                 if m0v != 0:
                     ps = psib[i, j, k]
-                    d2x = chib[i + 1, j, k] + chib[i - 1, j, k] - 2.0 * c
-                    d2y = chib[i, j + 1, k] + chib[i, j - 1, k] - 2.0 * c
-                    d2z = chib[i, j, k + 1] + chib[i, j, k - 1] - 2.0 * c
-                    box = axial[0] * d2x + axial[1] * d2y + axial[2] * d2z
-                    if mixed[0] != 0.0:
-                        box += mixed[0] * (chib[i + 1, j + 1, k] - chib[i + 1, j - 1, k]
-                                           - chib[i - 1, j + 1, k] + chib[i - 1, j - 1, k])
-                    if mixed[1] != 0.0:
-                        box += mixed[1] * (chib[i + 1, j, k + 1] - chib[i + 1, j, k - 1]
-                                           - chib[i - 1, j, k + 1] + chib[i - 1, j, k - 1])
-                    if mixed[2] != 0.0:
-                        box += mixed[2] * (chib[i, j + 1, k + 1] - chib[i, j + 1, k - 1]
-                                           - chib[i, j - 1, k + 1] + chib[i, j - 1, k - 1])
+                    d2x, d2y, d2z = _second_differences(chib, i, j, k)
+                    box = axial[0] * d2x + axial[1] * d2y + axial[2] * d2z + _mixed_differences(chib, i, j, k, mixed)
                     lap = ((psib[i + 1, j, k] + psib[i - 1, j, k] - 2.0 * ps) * inv_h2[0]
                            + (psib[i, j + 1, k] + psib[i, j - 1, k] - 2.0 * ps) * inv_h2[1]
                            + (psib[i, j, k + 1] + psib[i, j, k - 1] - 2.0 * ps) * inv_h2[2])
@@ -118,21 +129,9 @@ def primal_step(eta, p, q, chi, psi, w, chib, psib, wb, m, m0, inv_h, inv_h2, ax
     for i in prange(1, n0 - 1):
         for j in range(1, n1 - 1):
             for k in range(span[i, j, 0], span[i, j, 1]):
-                e = eta[i, j, k]
-                d2x = eta[i + 1, j, k] + eta[i - 1, j, k] - 2.0 * e
-                d2y = eta[i, j + 1, k] + eta[i, j - 1, k] - 2.0 * e
-                d2z = eta[i, j, k + 1] + eta[i, j, k - 1] - 2.0 * e
+                d2x, d2y, d2z = _second_differences(eta, i, j, k)
                 lap = d2x * inv_h2[0] + d2y * inv_h2[1] + d2z * inv_h2[2]
-                box = axial[0] * d2x + axial[1] * d2y + axial[2] * d2z
-                if mixed[0] != 0.0:
-                    box += mixed[0] * (eta[i + 1, j + 1, k] - eta[i + 1, j - 1, k]
-                                       - eta[i - 1, j + 1, k] + eta[i - 1, j - 1, k])
-                if mixed[1] != 0.0:
-                    box += mixed[1] * (eta[i + 1, j, k + 1] - eta[i + 1, j, k - 1]
-                                       - eta[i - 1, j, k + 1] + eta[i - 1, j, k - 1])
-                if mixed[2] != 0.0:
-                    box += mixed[2] * (eta[i, j + 1, k + 1] - eta[i, j + 1, k - 1]
-                                       - eta[i, j - 1, k + 1] + eta[i, j - 1, k - 1])
+                box = axial[0] * d2x + axial[1] * d2y + axial[2] * d2z + _mixed_differences(eta, i, j, k, mixed)
                 m0v = m0[i, j, k]
                 divp = ((m0v * p[0, i, j, k] - m0[i - 1, j, k] * p[0, i - 1, j, k]) * hx
                         + (m0v * p[1, i, j, k] - m0[i, j - 1, k] * p[1, i, j - 1, k]) * hy
