@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .invert.autoreg import AUTOMATIC_PARAMETERS, invert_recording_choices
 from .config import ONE_STEP_INVERSIONS, expand_defaults, method_function, resolve, step_kwargs
 from .reference import csf_mask_from_r2star, reference_chi
 from .geometry import check_b0_direction, check_voxel_size
@@ -50,7 +51,7 @@ class PipelineResult:
         After TGV-QSM its record (iterations, convergence, parameters); otherwise what the
         inversion chose from the data: with ``alpha = "auto"`` the chosen ``alpha``
         and its ``alpha_selection`` record (:mod:`chimap.invert.autoreg`); likewise MEDI's
-        ``lam`` and NDI's ``max_iter`` (:data:`AUTOMATIC_PARAMETERS`).
+        ``lam`` and NDI's ``max_iter`` (:data:`chimap.invert.autoreg.AUTOMATIC_PARAMETERS`).
     reference_offset : float
         ppm subtracted by the referencing.
     config : dict
@@ -433,23 +434,12 @@ def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings, 
                 kw["refine_times"] = refinements
         if mag_weight is not None and "magnitude" in inspect.signature(invert).parameters:
             kw["magnitude"] = mag_weight  # MEDI's edge mask
-        automatic = [key for key in AUTOMATIC_PARAMETERS if isinstance(kw.get(key), str)]
-        if automatic and "return_info" in inspect.signature(invert).parameters:
-            chi, info = invert(local, valid, vs, b0_direction=b0, return_info=True, **kw)
-            for key in automatic:
-                selection = AUTOMATIC_PARAMETERS[key]
-                chosen[key] = _json_safe(info.get(key))
-                chosen[selection] = _json_safe(info.get(selection))
-                log.info("  %s %s chose %.3g", key, kw[key], float(chosen[key]))
-        else:
-            chi = invert(local, valid, vs, b0_direction=b0, **kw)
+        chi, picked = invert_recording_choices(invert, local, valid, vs, b0_direction=b0, **kw)
+        for key, value in picked.items():
+            chosen[key] = _json_safe(value)
+            if key in AUTOMATIC_PARAMETERS:
+                log.info("  %s %s chose %.3g", key, kw[key], float(value))
     return chi, valid, local
-
-
-#: Inversion parameters that can be chosen from the data ("auto"), with the key of the
-#: selection record in the inversion's info (chimap.invert.autoreg; MEDI's lambda; NDI's
-#: stopping iteration).
-AUTOMATIC_PARAMETERS = {"alpha": "alpha_selection", "lam": "lam_selection", "max_iter": "iteration_selection"}
 
 
 def _json_safe(value):

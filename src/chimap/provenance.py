@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import __version__
+from .invert.autoreg import AUTOMATIC_PARAMETERS
 
 __all__ = ["consensus_report", "CONSENSUS_CHECKS"]
 
@@ -78,11 +79,10 @@ def _automatic_clause(result):
     """What the inversion chose from the data (``result.inversion``), as a clause."""
     chosen = getattr(result, "inversion", None) or {}
     parts = []
-    for key in ("alpha", "lam", "max_iter"):
+    for key, selection in AUTOMATIC_PARAMETERS.items():
         if chosen.get(key) is None:
             continue
-        sel = chosen.get({"alpha": "alpha_selection", "lam": "lam_selection",
-                          "max_iter": "iteration_selection"}[key]) or {}
+        sel = chosen.get(selection) or {}
         how = {"cv": "hold-out cross-validation of the field ({:g} % of the voxels held out)".format(
                    100 * float(sel.get("holdout", 0.1))),
                "frequency": "frequency analysis (Milovic et al. MRM 2021)",

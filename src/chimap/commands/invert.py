@@ -40,7 +40,7 @@ def run(args) -> int:
     from .. import __version__
     from ..io import load_nifti, save_nifti
     from ..io.nifti import write_json
-    from ..pipeline import AUTOMATIC_PARAMETERS
+    from ..invert.autoreg import AUTOMATIC_PARAMETERS, invert_recording_choices
 
     default = resolve("default")["invert"]
     method = args.method or default["method"]
@@ -90,19 +90,13 @@ def run(args) -> int:
         log.warning("%s has no data weight: --magnitude ignored", method)
     log.info("chimap invert: %s on %s, voxel %s mm, B0 (voxel axes) %s", method, field.shape,
              np.round(vs, 4).tolist(), np.round(b0, 4).tolist())
-    automatic = [k for k in AUTOMATIC_PARAMETERS if isinstance(kwargs.get(k), str)]
     t0 = time.perf_counter()
-    if automatic and "return_info" in params:
-        chi, info = func(field.astype(np.float32), mask, vs, b0_direction=b0, return_info=True, **kwargs)
-    else:
-        chi, info = func(field.astype(np.float32), mask, vs, b0_direction=b0, **kwargs), {}
+    chi, chosen = invert_recording_choices(func, field.astype(np.float32), mask, vs, b0_direction=b0, **kwargs)
     seconds = time.perf_counter() - t0
     log.info("  %-20s %7.1f s", method, seconds)
-    chosen = {}
-    for key in automatic:
-        chosen[key] = info.get(key)
-        chosen[AUTOMATIC_PARAMETERS[key]] = info.get(AUTOMATIC_PARAMETERS[key])
-        log.info("  %s %s chose %.3g", key, kwargs[key], float(chosen[key]))
+    for key in AUTOMATIC_PARAMETERS:
+        if key in chosen:
+            log.info("  %s %s chose %.3g", key, kwargs[key], float(chosen[key]))
     save_nifti(args.output, np.where(mask, chi, 0).astype(np.float32), affine)
     record = {"software": f"chimap {__version__}", "command": "chimap invert", "method": method,
               "parameters": {k: v for k, v in kwargs.items() if not isinstance(v, np.ndarray)},

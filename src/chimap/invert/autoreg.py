@@ -107,10 +107,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CRITERIA", "DEFAULT_SWEEPS", "choose_alpha", "downsample_problem", "frequency_amplitudes",
+__all__ = ["AUTOMATIC_PARAMETERS", "CRITERIA", "DEFAULT_SWEEPS", "invert_recording_choices", "choose_alpha", "downsample_problem", "frequency_amplitudes",
            "frequency_criterion", "frequency_masks", "holdout_mask", "lcurve_corner", "lcurve_curvature",
            "lcurve_inflection", "parse_alpha", "resolve_alpha", "restore_state", "snapshot_state", "solver_costs", "tikhonov_sweep",
            "warm_solver", "warm_sweep"]
+
+#: Inversion parameters that can be chosen from the data ("auto"), each with the key of its
+#: selection record in the inversion's ``info`` (MEDI's ``lam``; NDI's stopping iteration).
+AUTOMATIC_PARAMETERS = {"alpha": "alpha_selection", "lam": "lam_selection", "max_iter": "iteration_selection"}
 
 #: Criteria accepted by :func:`choose_alpha` and by ``alpha="auto:<criterion>"``.
 CRITERIA = ("cv", "frequency", "lcurve", "inflection")
@@ -459,6 +463,26 @@ def downsample_problem(local_field, mask, voxel_size, weight=None, factor=2):
 
 
 # --------------------------------------------------------------------------- the sweep
+
+
+def invert_recording_choices(invert, local_field, mask, voxel_size, **kwargs):
+    """``invert(local_field, mask, voxel_size, **kwargs)`` -> ``(chi, chosen)``.
+
+    Where a keyword of :data:`AUTOMATIC_PARAMETERS` is a string ("auto") and the inversion
+    reports its info, ``chosen`` holds the chosen value and its selection record under their
+    keys; otherwise it is empty.
+    """
+    import inspect
+
+    automatic = [key for key in AUTOMATIC_PARAMETERS if isinstance(kwargs.get(key), str)]
+    if not automatic or "return_info" not in inspect.signature(invert).parameters:
+        return invert(local_field, mask, voxel_size, **kwargs), {}
+    chi, info = invert(local_field, mask, voxel_size, return_info=True, **kwargs)
+    chosen = {}
+    for key in automatic:
+        chosen[key] = info.get(key)
+        chosen[AUTOMATIC_PARAMETERS[key]] = info.get(AUTOMATIC_PARAMETERS[key])
+    return chi, chosen
 
 
 def parse_alpha(alpha, name="alpha"):

@@ -408,10 +408,14 @@ def _choose_lambda(field, mask, vs, b, dom, mag, noise, csf, warm, *, criterion,
     calls = {"n": 0}
     iterates = {}
 
+    def nearest(alpha):
+        """The sweep iterate of the solved weight nearest ``alpha`` (in log scale)."""
+        return iterates[min(iterates, key=lambda a: abs(np.log(a / alpha)))]
+
     def solve(alpha, f, m, voxel_size, w):
         held = mask & (w == 0) & (w_data > 0)
         if iterates:  # continue from the solution of the nearest weight solved so far
-            warm["x"] = iterates[min(iterates, key=lambda a: abs(np.log(a / alpha)))]
+            warm["x"] = nearest(alpha)
         _solve(field, mask, vs, b, dom, mag, noise, csf, lam=1.0 / alpha, merit=False,
                max_iter=MEDI_AUTO_FIRST_STEPS if calls["n"] == 0 else MEDI_AUTO_STEPS, return_info=False,
                warm=warm, held=held, **kw)
@@ -434,7 +438,7 @@ def _choose_lambda(field, mask, vs, b, dom, mag, noise, csf, warm, *, criterion,
                                     pad_factor=pad_factor)
     selection["gauss_newton_steps"] = MEDI_AUTO_FIRST_STEPS + MEDI_AUTO_STEPS * (calls["n"] - 1)
     # the final solve starts from the sweep's solution nearest the chosen weight
-    warm["x"] = iterates[min(iterates, key=lambda a: abs(np.log(a / alpha)))]
+    warm["x"] = nearest(alpha)
     return 1.0 / alpha, selection
 
 

@@ -198,6 +198,8 @@ class _TVWH:
         self.u3 = np.zeros(shape, dtype=dom.dtype)
         self.cq = np.zeros(shape, dtype=dom.dtype)
         self.phi_spec = None
+        # per-frequency coefficients of the joint (chi, phi) update, filled by set_alpha
+        self.c = {k: np.empty(self.d64.shape, dtype=dom.dtype) for k in ("xt", "xs", "xc", "pt", "ps", "pc")}
         self.alpha = self.rho = None
 
     def set_weight(self, w):
@@ -211,8 +213,6 @@ class _TVWH:
         # joint (chi, phi) update: [[mu D^2 + rho E2, mu D], [mu D, mu + nu L^2]] [X, P] = [R1, R2]
         # with R1 = mu D T + rho S, R2 = mu T + nu L C (T = F(y - u2), S = F(G^T(z - u)),
         # C = F(q - u3)); closed-form 2 x 2 inverse, coefficients per frequency (numba, float64)
-        if not hasattr(self, "c"):
-            self.c = {k: np.empty(self.d64.shape, dtype=self.dom.dtype) for k in ("xt", "xs", "xc", "pt", "ps", "pc")}
         c = self.c
         K.wh_coefficients(self.d64, -self.lap64, float(self.mu), float(self.nu), float(rho),
                           c["xt"], c["xs"], c["xc"], c["pt"], c["ps"], c["pc"])

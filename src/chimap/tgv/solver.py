@@ -67,6 +67,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..geometry import check_b0_direction, check_voxel_size
+from ..mask._checks import as_mask
 from ..units import check_echo_times, ppm_to_rad
 from . import _kernels as K
 from .operators import dipole_stencil, operator_norm
@@ -153,19 +154,6 @@ def laplacian_of_phase(phase, voxel_size, *, method="sin"):
         return out
     K.laplacian_of_wrapped_phase(ph, 1.0 / vs ** 2, method == "wrap", out)
     return out
-
-
-def _check_mask(mask, shape):
-    m = np.asarray(mask)
-    if m.shape != shape:
-        raise ValueError(f"mask shape {m.shape} does not match the phase shape {shape}")
-    if m.dtype != bool:
-        if not np.issubdtype(m.dtype, np.number) or not np.all(np.isfinite(m)):
-            raise ValueError("mask must be boolean or numeric without NaN")
-        m = m != 0
-    if not m.any():
-        raise ValueError("mask is empty")
-    return m
 
 
 def _odd(n):
@@ -256,7 +244,7 @@ def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=
     te = check_echo_times(echo_time)
     if te.size != ph.shape[3]:
         raise ValueError(f"{te.size} echo time(s) for {ph.shape[3]} echo(es)")
-    m_in = _check_mask(mask, ph.shape[:3])
+    m_in = as_mask(mask, shape=ph.shape[:3], allow_empty=False)
     inside = ph[m_in]
     if not np.all(np.isfinite(inside)):
         raise ValueError("phase holds NaN or infinite values inside the mask")
