@@ -12,10 +12,11 @@ Each case runs `chimap run` in a subprocess on files written by `chimap simulate
 time and peak memory are those of the command a user runs.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--cases gre epi tilt7t challenge] [--keep DIR]
-        [--variant NAME=CONFIG.toml ...] [--no-textbook]
+        [--variant NAME=CONFIG.toml | NAME=preset:PRESET | NAME=PRESET@CONFIG.toml ...] [--no-textbook]
 
-``--variant`` adds a row per case for `chimap run --config CONFIG.toml` (e.g. an automatic
-``[invert] alpha = "auto"`` against the default preset's fixed weight) on the same data.
+``--variant`` adds a row per case for `chimap run [--preset PRESET] [--config CONFIG.toml]` (e.g.
+``tgv=preset:tgv`` for single-step TGV-QSM, or a configuration with a fixed ``[invert] alpha``)
+on the same data.
 """
 
 from __future__ import annotations
@@ -100,15 +101,22 @@ def main():
     p.add_argument("--cases", nargs="+", default=["gre", "epi", "tilt7t"], choices=list(CASES))
     p.add_argument("--keep", default=None, help="keep the simulated data and outputs in this folder")
     p.add_argument("--variant", nargs="+", default=[], metavar="NAME=CONFIG",
-                   help="extra rows: chimap run --config CONFIG, labelled NAME")
+                   help="extra rows: chimap run [--preset PRESET] [--config CONFIG], labelled NAME")
     p.add_argument("--no-textbook", action="store_true", help="skip the textbook chain")
     args = p.parse_args()
     variants = []
     for item in args.variant:
         name, sep, path = item.partition("=")
-        if not sep or not name or not Path(path).is_file():
-            p.error(f"--variant takes NAME=CONFIG with an existing TOML file, got {item!r}")
-        variants.append((name, ["--config", str(Path(path).resolve())]))
+        preset, config = None, path
+        if "@" in path:  # PRESET@CONFIG
+            preset, _, config = path.partition("@")
+        elif path.startswith("preset:"):
+            preset, config = path[len("preset:"):], None
+        if not sep or not name or (config is not None and not Path(config).is_file()):
+            p.error(f"--variant takes NAME=CONFIG, NAME=preset:PRESET or NAME=PRESET@CONFIG with an existing "
+                    f"TOML file, got {item!r}")
+        variants.append((name, (["--preset", preset] if preset else [])
+                         + (["--config", str(Path(config).resolve())] if config else [])))
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="chimap-bench-"))
     rows = []
     for case in args.cases:

@@ -80,7 +80,7 @@ PIPELINE_KEYS = {
     "combine": {"method"},
     "distortion": {"method", "reference"},
     "background": {"method", "use_reliability", "erode_mm", "boundary_refinement"},
-    "invert": {"method", "weight", "domain"},
+    "invert": {"method", "weight", "domain", "input"},
     "reference": {"method", "values"},
     "output": {"intermediates"},
 }
@@ -92,6 +92,7 @@ PIPELINE_VALUES = {
     ("distortion", "reference"): ("auto", "median", "none"),
     ("invert", "weight"): ("magnitude", "reliability", "none"),
     ("invert", "domain"): ("brain", "valid"),
+    ("invert", "input"): ("phase", "field"),
     ("output", "intermediates"): (True, False),
     ("background", "use_reliability"): (True, False),
 }
@@ -189,6 +190,10 @@ def validate(config: dict) -> dict:
     for (step, key), values in PIPELINE_VALUES.items():
         if key in config.get(step, {}) and config[step][key] not in values:
             raise ValueError(f"[{step}] {key} = {config[step][key]!r} is not one of {list(values)}")
+    invert = config.get("invert", {})
+    if "input" in invert and invert.get("method") not in ONE_STEP_INVERSIONS:
+        raise ValueError(f"[invert] input applies to the one-step inversions ({', '.join(sorted(ONE_STEP_INVERSIONS))}), "
+                         f"not to {invert.get('method')!r}: drop the key")
     return config
 
 

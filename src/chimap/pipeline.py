@@ -22,7 +22,7 @@ from .invert.autoreg import AUTOMATIC_PARAMETERS, invert_recording_choices
 from .config import ONE_STEP_INVERSIONS, expand_defaults, method_function, resolve, step_kwargs
 from .reference import csf_mask_from_r2star, reference_chi
 from .geometry import check_b0_direction, check_voxel_size
-from .units import check_echo_times, check_field_strength
+from .units import check_echo_times, check_field_strength, ppm_to_rad
 
 __all__ = ["PipelineResult", "run", "run_files"]
 
@@ -186,7 +186,11 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
                 phase, brain, vs, magnitude=magnitude, echo_times=te, **step_kwargs(cfg, "offsets"))
             corrected = remove_phase_offset(phase, offset)
 
-    if cfg["invert"]["method"] in ONE_STEP_INVERSIONS:
+    one_step = cfg["invert"]["method"] in ONE_STEP_INVERSIONS
+    if one_step and cfg["mask"].get("two_pass", False):
+        raise ValueError("the two-pass masks need a background-removal step, which TGV-QSM does not have: "
+                         "set [mask] two_pass = false")
+    if one_step and cfg["invert"].get("input", "phase") == "phase":
         chi, valid = _one_step(corrected, brain, vs, te, b0t, b0, cfg, timings, chosen)
         return _referenced_result(chi, valid, brain, None, None, None, cfg, magnitude, te, vs, ref_region,
                                   timings, chosen)
@@ -238,6 +242,11 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
                 effective_echo_spacing=effective_echo_spacing, reference=reference)
             phase = None  # distorted; every later step uses the unwarped maps
 
+    if one_step:
+        chi, valid = _one_step(total, brain, vs, te, b0t, b0, cfg, timings, chosen)
+        return _referenced_result(chi, valid, brain, total, None, reliability, cfg, magnitude, te, vs, ref_region,
+                                  timings, chosen)
+
     if cfg["mask"].get("two_pass", False):
         from .mask import artefact_reduction_masks, combine_two_pass, quality_from_noise
 
@@ -262,17 +271,32 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
 
 
 def _one_step(phase, brain, vs, te, b0t, b0, cfg, timings, chosen):
-    """Single-step inversion (TGV-QSM) of the offset-corrected wrapped phase: (chi, mask)."""
+    """Single-step inversion (TGV-QSM): (chi, mask).
+
+    ``phase`` is the offset-corrected wrapped phase (I, J, K, E) with ``[invert] input =
+    "phase"``, or the unwrapped, echo-combined total field (I, J, K) in ppm with ``input =
+    "field"``; the field enters as unwrapped phase at the mean echo time, for which the TGV
+    weights hold, with the ordinary Laplacian (background removal and inversion stay one step).
+    """
     func = method_function("invert", cfg["invert"]["method"])
 
     def progress(it, total, change):
         log.info("  TGV iteration %5d / %d, relative change of chi %.2e", it, total, change)
 
     kw = step_kwargs(cfg, "invert")
-    if phase.shape[3] >= 2 and cfg["offsets"]["method"] == "mcpc3ds":
+    what = "unwrapping, background removal and inversion"
+    if phase.ndim == 3:
+        te = float(np.mean(te))
+        phase = ppm_to_rad(phase, echo_time=te, field_strength=b0t).astype(np.float32)
+        if kw.get("laplacian", "plain") != "plain":
+            raise ValueError(f'[invert] laplacian = "{kw["laplacian"]}" is for wrapped phase; with input = "field" '
+                             'the field is unwrapped: drop the key or set input = "phase"')
+        kw["laplacian"] = "plain"
+        what = "background removal and inversion"
+    elif phase.shape[3] >= 2 and cfg["offsets"]["method"] == "mcpc3ds":
         # the receiver offsets are gone: fit the echoes' Laplacians through the origin in TE
         kw.setdefault("echo_combination", "laplacian_origin")
-    with _step(timings, "TGV-QSM (unwrapping, background removal and inversion in one)"):
+    with _step(timings, f"TGV-QSM ({what} in one)"):
         chi, info = func(phase, brain, vs, echo_time=te, field_strength=b0t, b0_direction=b0, progress=progress,
                          return_info=True, **kw)
     chosen.update({k: v for k, v in info.items() if k != "mask"})
@@ -543,8 +567,10 @@ def run_files(*, phase, magnitude=None, json=None, echo_times=None, field_streng
     save_nifti(out / "mask.nii.gz", result.mask.astype(np.uint8), acq.affine)
     want = cfg.get("output", {}).get("intermediates", False) if intermediates is None else intermediates
     if want:
-        if result.field is not None:  # a one-step inversion (TGV) computes no field maps
+        # TGV-QSM computes no local field (nor a total field from the wrapped phase)
+        if result.field is not None:
             save_nifti(out / "field.nii.gz", result.field, acq.affine)
+        if result.local_field is not None:
             save_nifti(out / "local_field.nii.gz", result.local_field, acq.affine)
         save_nifti(out / "brain_mask.nii.gz", result.brain_mask.astype(np.uint8), acq.affine)
         if result.reliability is not None:

@@ -111,10 +111,18 @@ def consensus_report(cfg, acq, result) -> dict:
     )
     if steps["invert"]["method"] == "tgv":
         record = getattr(result, "inversion", None) or {}
-        middle = (f"Unwrapping, background field removal and dipole inversion: {steps['invert']['description']} "
-                  f"with parameters {steps['invert']['parameters']} ({record.get('iterations')} iterations, "
-                  f"TGV weights (first, second order) {record.get('alpha')}, {record.get('erosions')} mask erosions). ")
-        steps = {k: v for k, v in steps.items() if v["method"] is not None}
+        tgv = (f"with parameters {steps['invert']['parameters']} ({record.get('iterations')} iterations, "
+               f"TGV weights (first, second order) {record.get('alpha')}, {record.get('erosions')} mask erosions). ")
+        if cfg["invert"].get("input", "phase") == "field":
+            middle = (f"Unwrapping: {steps['unwrap']['description']}. "
+                      f"Echo combination: {steps['combine']['description']}. Background field removal and "
+                      f"dipole inversion: single-step TGV-QSM (Langkammer et al. NeuroImage 2015) on the "
+                      f"Laplacian of the combined field, one primal-dual optimisation, " + tgv)
+            steps = {k: v for k, v in steps.items() if k != "background"}
+        else:
+            middle = (f"Unwrapping, background field removal and dipole inversion: "
+                      f"{steps['invert']['description']} " + tgv)
+            steps = {k: v for k, v in steps.items() if v["method"] is not None}
     else:
         middle = (
             f"Unwrapping: {steps['unwrap']['description']}. "

@@ -63,6 +63,8 @@ Deviations (documented choices)
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from scipy import ndimage
 
@@ -164,7 +166,7 @@ def _odd(n):
 def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=(0.0, 0.0, 1.0),
             preset="julia", alpha=None, iterations=None, erosions=None, laplacian=None,
             correct_laplacian=None, dedimensionalise=None, preconditioned=None, tol=None, check_every=50,
-            echo_combination="laplacian", progress=None, return_info=False):
+            echo_combination="laplacian", device=None, progress=None, return_info=False):
     """Susceptibility from wrapped phase in one step by TGV-QSM (Langkammer et al. 2015).
 
     Parameters
@@ -214,6 +216,10 @@ def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=
         sum TE_e^2``; less noise, for phase whose offsets were removed, e.g. by MCPC-3D-S);
         ``"per_echo"`` solves each echo (``alpha`` for its own TE) and averages chi with
         weights ``TE_e^2`` (inverse noise variance).
+    device : str, optional
+        None (default): the fused numba loops on the CPU. A torch device (``"cuda"``,
+        ``"cuda:1"``; ``"cpu"`` for testing, slower than numba): the same iteration in torch
+        (needs the ``dl`` extra), equal to the numba result to float32 rounding.
     progress : callable, optional
         ``progress(iteration, total, relative_change)`` after every check.
     return_info : bool
@@ -270,6 +276,10 @@ def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=
     if echo_combination == "laplacian" and ph.shape[3] == 2 and np.ptp(te) <= 0:
         raise ValueError("two echoes with the same echo time: no slope to fit")
     check_every = max(1, int(check_every))
+    if device is not None:
+        from . import _torch
+
+        _torch.check_device(device)
 
     cross = ndimage.generate_binary_structure(3, 1)
     m = ndimage.binary_erosion(m_in, cross, iterations=n_erode) if n_erode else m_in.copy()
@@ -336,8 +346,9 @@ def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=
         if cfg["correct_laplacian"]:
             lapphi[m0w > 0] -= np.float32(lapphi[m0w > 0].mean(dtype=np.float64))
         lapphi *= m0w
-        chi, info = _solve(lapphi, mw, m0w, inv_h, axial, mixed, sigma, tau, a1, a0, n_iter, tol, check_every,
-                           progress)
+        solve = _solve if device is None else partial(_torch.solve, device=device)
+        chi, info = solve(lapphi, mw, m0w, inv_h, axial, mixed, sigma, tau, a1, a0, n_iter, tol, check_every,
+                          progress)
         chi_sum += weight * chi / rad_per_ppm
         weights.append(weight)
         runs.append(info)
@@ -351,7 +362,8 @@ def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=
                      "relative_change": [r["relative_change"] for r in runs], "erosions": n_erode, "laplacian": lap_method,
                      "correct_laplacian": bool(cfg["correct_laplacian"]),
                      "dedimensionalise": bool(cfg["dedimensionalise"]), "operator_norm": norm,
-                     "preconditioned": bool(cfg["preconditioned"]), "sigma": sigma.tolist(), "tau": tau.tolist(), "echo_combination": echo_combination, "mask": m, "tol": tol}
+                     "preconditioned": bool(cfg["preconditioned"]), "sigma": sigma.tolist(), "tau": tau.tolist(), "echo_combination": echo_combination, "mask": m, "tol": tol,
+                     "device": "numba" if device is None else str(device)}
     return out
 
 
