@@ -119,7 +119,10 @@ sweep likewise starts from the solution of its nearest predecessor (which matter
 sweep widens back up). ``"auto:lcurve"`` and the other criteria use the same sweep (data term
 ``||W (e^(iDx) - e^(i phi))||^2 / s^2``, regulariser ``||M G x||_1 / s``). The sweep costs
 about as many Gauss-Newton steps as it has weights and keeps one iterate per weight (the
-padded grid in float32 each).
+padded grid in float32 each); its CG steps stop at a relative residual of
+:data:`MEDI_AUTO_CG_TOL` = 0.03 (the final solve at ``cg_tol``): on the 1 mm simulated head's
+true local field (192 x 228 x 204) that took 239 s -> 164 s (2 cores; 824 -> 568 CG
+iterations) for the same weight (4321 / 4314) and NRMSE (12.42 / 12.41 %).
 
 Deviations from the toolbox
 ---------------------------
@@ -181,6 +184,9 @@ MEDI_RAD_PER_PPM = float(2.0 * np.pi * GAMMA_BAR_HZ_PER_T * MEDI_REFERENCE_FIELD
 MEDI_AUTO_LAMBDAS = tuple(10.0 ** np.arange(2.0, 4.76, 0.25))
 MEDI_AUTO_FIRST_STEPS = 2
 MEDI_AUTO_STEPS = 1
+#: ``lam="auto"``: CG tolerance of the sweep's Gauss-Newton steps (at least ``cg_tol``); the
+#: sweep only ranks the weights, the final solve runs at ``cg_tol``
+MEDI_AUTO_CG_TOL = 0.03
 
 _EPS = 1e-6  # smoothing of |M G x| in (rad/mm)^2, the toolbox's value
 _PRECOND_GRADIENT_FACTOR = 3.0  # k = ... + 3 mean(V M) |E|^2 (measured, see module docstring)
@@ -418,7 +424,7 @@ def _choose_lambda(field, mask, vs, b, dom, mag, noise, csf, warm, *, criterion,
             warm["x"] = nearest(alpha)
         _solve(field, mask, vs, b, dom, mag, noise, csf, lam=1.0 / alpha, merit=False,
                max_iter=MEDI_AUTO_FIRST_STEPS if calls["n"] == 0 else MEDI_AUTO_STEPS, return_info=False,
-               warm=warm, held=held, **kw)
+               warm=warm, held=held, **{**kw, "cg_tol": max(kw["cg_tol"], MEDI_AUTO_CG_TOL)})
         calls["n"] += 1
         iterates[alpha] = warm["x"]
         box = dom.box_shape

@@ -45,6 +45,22 @@ preset         alpha (a1, a0)       iterations  erosions  laplacian  mean correc
 3^0.6`` (h in mm; 1655 at 1 mm, 2193 at 0.8 mm, 2595 at 0.7 mm); ``tol`` stops earlier when the
 relative change of chi over ``check_every`` iterations falls below it.
 
+Input and convergence (measured)
+--------------------------------
+The Laplacian of the wrapped phase aliases where neighbouring voxels differ by more than pi
+(vessels, late echoes, coarse voxels) and the sine form compresses large differences: on a
+2 mm simulated head at TE 20 ms (local field only, no noise) the "sin" and "wrap" Laplacians
+differ from that of the unwrapped phase by 67 % and 91 % (relative L2 in the eroded mask) and
+TGV's NRMSE rises from 51.6 % (``laplacian="plain"`` on the unwrapped phase) to 62.6 % / 70.4 %.
+``chimap run --preset tgv`` therefore feeds TGV the unwrapped, echo-combined field (``[invert]
+input = "field"``); ``input = "phase"`` is the paper's single step.
+
+The primal-dual iteration from zero converges slowly: on that problem the minimiser is far
+better than what the published iteration counts reach (started from the true chi the iterates
+stay at 18-26 % NRMSE over 20000 iterations; started from zero they are at 50 % after 2500 and
+48 % after 15000). Step-size balancing, a coarse-to-fine start, continuation of the ``psi``
+weight and an FFT preconditioner of the ``eta`` step each gained at most 3 points.
+
 Deviations (documented choices)
 -------------------------------
 - Step sizes ``sigma = tau = 1 / ||K||`` with ``||K||`` the operator norm measured by power
@@ -57,6 +73,8 @@ Deviations (documented choices)
   kernel instead.
 - The symmetrised gradient of ``w`` uses the correct voxel size per derivative (both reference
   codes use ``1/h_x`` for all derivatives of ``w_x``; harmless only for isotropic voxels).
+- ``device="cuda"``: the same iteration in torch (:mod:`chimap.tgv._torch`), whole-array
+  tensor operations instead of the fused loops; equal to the numba result to float32 rounding.
 - Finite differences see zeros beyond a working box (the mask's bounding box plus two voxels);
   the masks never reach its edge, so no boundary rule enters the result.
 """
