@@ -19,9 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ._common import conjugate_gradient
-
-__all__ = ["MultigridPreconditioner", "solve_spd"]
+__all__ = ["MultigridPreconditioner"]
 
 
 def _prolongation(coords, shape, factors):
@@ -136,10 +134,3 @@ class MultigridPreconditioner:
 
     def __call__(self, r):
         return self._vcycle(0, r)
-
-
-def solve_spd(a, b, coords, spacing, *, tol=1e-6, max_iter=200, x0=None):
-    """Solve ``a x = b`` by multigrid-preconditioned CG; returns ``(x, info)``."""
-    mg = MultigridPreconditioner(a, coords, spacing)
-    return conjugate_gradient(lambda v: a @ v, b, x0=x0, tol=tol, max_iter=max_iter,
-                              precondition=mg)
