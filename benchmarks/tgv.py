@@ -13,7 +13,11 @@ the wrapped phase), each with its own mask; NRMSE against the true chi over the 
 three masks share (both demeaned), regression slope, largest deep-grey ROI mean error.
 
     .venv/bin/python benchmarks/tgv.py [--size 160] [--iterations 200] [--device cuda]
-        [--head 1] [--head-iterations N]
+        [--head 1] [--head-iterations N] [--original DIR]
+
+``--original DIR``: also time the original Cython TGV-QSM (QSMxT/TGV_QSM, built by you with
+``python setup.py build_ext --inplace`` in DIR; nothing of it is part of chimap) on the same
+grids, and score both on a 2 mm head's noise-free local-field phase with the same parameters.
 """
 
 from __future__ import annotations
@@ -73,6 +77,70 @@ def time_iterations(shape, iterations, device=None):
     return elapsed / iterations, visited / 2
 
 
+def load_original(directory):
+    """``qsm_tgv`` and ``get_laplace_phase3``/``erode_mask`` of the original TGV-QSM, built by
+    the user in ``directory`` (a checkout of github.com/QSMxT/TGV_QSM after ``python setup.py
+    build_ext --inplace``; never part of chimap)."""
+    import builtins
+    import sys
+
+    builtins.xrange = range  # the 2016 code is Python 2 in places
+    sys.path[:0] = [str(directory), str(directory) + "/TGV_QSM"]
+    from qsm_tgv_cython import qsm_tgv
+    from TGV_QSM.qsm_tgv_main import erode_mask, get_laplace_phase3
+
+    return qsm_tgv, get_laplace_phase3, erode_mask
+
+
+def time_original(directory, shape, iterations):
+    """Seconds per iteration of the original Cython TGV-QSM on the same grid and mask as
+    :func:`time_iterations`."""
+    qsm_tgv, _, _ = load_original(directory)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = (np.array(shape, np.float32) - 1) / 2
+    mask = (sum(((grid[a] - centre[a]) / (0.42 * shape[a])) ** 2 for a in range(3)) <= 1.0).astype(np.float32)
+    del grid
+    rng = np.random.default_rng(0)
+    lap = rng.standard_normal(shape).astype(np.float32) * 0.1
+    t = time.perf_counter()
+    qsm_tgv(lap, mask, np.ones(3), alpha=(0.003, 0.001), iterations=iterations)
+    return (time.perf_counter() - t) / iterations
+
+
+def original_accuracy(directory, voxel_size, iterations):
+    """NRMSE of the original code and of ``tgv_qsm(preset="original")`` with the same
+    parameters (its 2023 defaults: alpha (0.003, 0.001), 5 erosions, wrapped-difference
+    Laplacian, de-dimensionalised) on one simulated head's noise-free local-field phase
+    (TE 20 ms, so that only the solvers differ)."""
+    from scipy import ndimage
+
+    from chimap.sim.head import simulate_head
+    from chimap.tgv import tgv_qsm
+    from chimap.units import ppm_to_rad
+
+    qsm_tgv, laplace3, erode = load_original(directory)
+    h = simulate_head(voxel_size=voxel_size, snr=None, rng=0)
+    te, b0 = 0.02, h.field_strength
+    phase = np.angle(np.exp(1j * ppm_to_rad(h.local_field, echo_time=te, field_strength=b0)))
+    m = h.brain_mask.copy()
+    for _ in range(5):
+        m = erode(m)
+    t = time.perf_counter()
+    chi_o = qsm_tgv(laplace3(phase, h.voxel_size), m, h.voxel_size, alpha=(0.003, 0.001),
+                    iterations=iterations) / ppm_to_rad(1.0, echo_time=te, field_strength=b0)
+    t_o = time.perf_counter() - t
+    t = time.perf_counter()
+    chi_c, info = tgv_qsm(phase, h.brain_mask, h.voxel_size, echo_time=te, field_strength=b0, preset="original",
+                          alpha=(0.001, 0.003), dedimensionalise=True, iterations=iterations, return_info=True)
+    t_c = time.perf_counter() - t
+    both = ndimage.binary_erosion((m > 0) & info["mask"])
+    for name, est, sec in (("original Cython", chi_o, t_o), ("chimap", chi_c, t_c)):
+        x = est[both] - est[both].mean()
+        r = h.chi[both] - h.chi[both].mean()
+        print(f"  {name:16} NRMSE {100 * np.linalg.norm(x - r) / np.linalg.norm(r):5.1f} %  slope "
+              f"{float(x @ r / (r @ r)):4.2f}  {sec:6.1f} s for {iterations} iterations")
+
+
 def head_accuracy(voxel_size, iterations):
     """The classical default pipeline and TGV-QSM (from the combined field and from the wrapped
     phase), each through ``chimap.pipeline.run`` with its own mask, on one simulated head."""
@@ -121,6 +189,8 @@ def main():
     p.add_argument("--device", default=None, help="torch device for the timing (e.g. cuda; default numba)")
     p.add_argument("--head", type=float, default=None, metavar="MM", help="also score a simulated head")
     p.add_argument("--head-iterations", type=int, default=None, help="TGV iterations on the head (default auto)")
+    p.add_argument("--original", default=None, metavar="DIR",
+                   help="a locally built original TGV-QSM (QSMxT/TGV_QSM, build_ext --inplace) to compare")
     args = p.parse_args()
     import numba
 
@@ -132,7 +202,14 @@ def main():
         bound = BYTES_PER_VOXEL * voxels / (bw * 1e9)
         print(f"  grid {shape}: {1000 * sec:6.1f} s per 1000 iterations; bandwidth bound "
               f"{1000 * bound:5.1f} s ({bound / sec:.0%} of it reached)")
+        if args.original:
+            sec_o = time_original(args.original, shape, max(10, args.iterations // 4))
+            print(f"    original Cython TGV-QSM: {1000 * sec_o:6.1f} s per 1000 iterations "
+                  f"({sec_o / sec:.1f} x chimap's time)")
     print(f"  peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2:.2f} GB")
+    if args.original:
+        print("original against chimap, 2 mm head, noise-free local field, TE 20 ms:")
+        original_accuracy(args.original, 2.0, 1000)
     if args.head:
         print(f"head at {args.head} mm:")
         head_accuracy(args.head, args.head_iterations)
