@@ -310,3 +310,18 @@ def test_device_is_checked(sphere_case):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             tgv_qsm(wrapped, mask, vs, device="cuda", **kw)
+
+
+@pytest.mark.parametrize("preset,expected", [
+    ("julia", dict(alpha=(0.003, 0.002), erosions=3, laplacian="sin", correct_laplacian=True, dedimensionalise=True)),
+    ("original", dict(alpha=(0.0005, 0.0015), erosions=5, laplacian="wrap", correct_laplacian=False,
+                      dedimensionalise=False)),
+    ("qsmxt", dict(alpha=(0.001, 0.003), erosions=5, laplacian="wrap", correct_laplacian=False,
+                   dedimensionalise=True)),
+])
+def test_presets_set_the_documented_parameters(sphere_case, preset, expected):
+    vs, mask, _, phase, _ = sphere_case
+    wrapped = np.angle(np.exp(1j * phase))
+    _, info = tgv_qsm(wrapped, mask, vs, echo_time=0.02, field_strength=3.0, preset=preset, iterations=2,
+                      return_info=True)
+    assert {k: info[k] for k in expected} == expected
