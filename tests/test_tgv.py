@@ -109,8 +109,11 @@ def test_fused_iteration_matches_the_reference():
     inv_h = 1.0 / VS
     full = np.zeros(M.shape[:2] + (2,), dtype=np.int64)
     full[..., 0], full[..., 1] = 1, M.shape[2] - 1  # every interior voxel
-    K.dual_step(CB, SB, WB, E, P, Q, L, M, M0, inv_h, inv_h ** 2, axial, mixed, sigma, a1, a0, full)
-    K.primal_step(E, P, Q, C, S, W, CB, SB, WB, M, M0, inv_h, inv_h ** 2, axial, mixed, tau, full)
+    # float32 scalars, as the solver passes them (float32 arithmetic throughout)
+    f32 = np.float32
+    args = tuple(np.asarray(a, f32) for a in (inv_h, inv_h ** 2, axial, mixed))
+    K.dual_step(CB, SB, WB, E, P, Q, L, M, M0, *args, sigma.astype(f32), f32(a1), f32(a0), full)
+    K.primal_step(E, P, Q, C, S, W, CB, SB, WB, M, M0, *args, tau.astype(f32), full)
     s = (slice(1, -1),) * 3
     v = (slice(None),) + s
     for got, ref in ((E[s], eta_r), (P[v], p_r), (Q[v], q_r), (S[s], psi_r), (C[s], chi_r), (W[v], w_r),

@@ -416,8 +416,11 @@ def _solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_ite
     q = np.zeros((6,) + shape, f32)
     eta = np.zeros(shape, f32)
     ref = np.zeros(shape, f32)
+    # float32 scalars keep the fused loops' arithmetic in float32 (see chimap.tgv._kernels)
     inv_h = np.asarray(inv_h, dtype=np.float64)
-    args = (inv_h, inv_h ** 2, np.asarray(axial, np.float64), np.asarray(mixed, np.float64))
+    args = tuple(np.asarray(a, dtype=f32) for a in (inv_h, inv_h ** 2, axial, mixed))
+    sigma, tau = np.asarray(sigma, dtype=f32), np.asarray(tau, dtype=f32)
+    alpha1, alpha0 = f32(alpha1), f32(alpha0)
     dual_span = row_spans(m > 0)
     primal_span = row_spans(ndimage.binary_dilation(m > 0, np.ones((3, 3, 3), bool)))
     changes = []
