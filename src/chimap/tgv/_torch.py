@@ -83,6 +83,8 @@ def solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_iter
     """
     import torch
 
+    from .solver import Monitor
+
     dev = check_device(device)
     f32 = torch.float32
 
@@ -106,8 +108,7 @@ def solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_iter
     inner_m, inner_m0 = mk[_INNER], mk0[_INNER]
     mask_bool = mk > 0
     inv = (hx, hy, hz)
-    changes = []
-    converged = False
+    monitor = Monitor(n_iter, tol, check_every, progress)
     it = 0
     with torch.no_grad():
         for it in range(1, n_iter + 1):
@@ -161,17 +162,12 @@ def solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_iter
             win.add_(t_w * (inner_m * p[(slice(None),) + _INNER] + div2))
             wb[(slice(None),) + _INNER] = 2.0 * win - old
 
-            if it % check_every == 0 or it == n_iter:
+            if monitor.due(it):
                 x = chi.to(torch.float64)
                 num = ((x - ref)[mask_bool] ** 2).sum()
                 den = (x[mask_bool] ** 2).sum()
                 change = float((num / den).sqrt()) if float(den) > 0 else 0.0
                 ref.copy_(x)
-                changes.append((it, change))
-                if progress is not None:
-                    progress(it, n_iter, change)
-                if tol is not None and it > check_every and change < tol:
-                    converged = True
+                if monitor.stop(it, change):
                     break
-    return chi.cpu().numpy().astype(np.float64), {"iterations": it, "converged": converged,
-                                                  "relative_change": changes}
+    return chi.cpu().numpy().astype(np.float64), monitor.record(it)

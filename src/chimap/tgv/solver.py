@@ -423,20 +423,38 @@ def _solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_ite
     alpha1, alpha0 = f32(alpha1), f32(alpha0)
     dual_span = row_spans(m > 0)
     primal_span = row_spans(ndimage.binary_dilation(m > 0, np.ones((3, 3, 3), bool)))
-    changes = []
-    converged = False
+    monitor = Monitor(n_iter, tol, check_every, progress)
     it = 0
     for it in range(1, n_iter + 1):
         K.dual_step(chib, psib, wb, eta, p, q, lapphi, m, m0, args[0], args[1], args[2], args[3], sigma,
                     alpha1, alpha0, dual_span)
         K.primal_step(eta, p, q, chi, psi, w, chib, psib, wb, m, m0, args[0], args[1], args[2], args[3], tau,
                       primal_span)
-        if it % check_every == 0 or it == n_iter:
-            change = float(K.relative_change(chi, ref, m))
-            changes.append((it, change))
-            if progress is not None:
-                progress(it, n_iter, change)
-            if tol is not None and it > check_every and change < tol:
-                converged = True
-                break
-    return chi.astype(np.float64), {"iterations": it, "converged": converged, "relative_change": changes}
+        if monitor.due(it) and monitor.stop(it, float(K.relative_change(chi, ref, m))):
+            break
+    return chi.astype(np.float64), monitor.record(it)
+
+
+class Monitor:
+    """Convergence bookkeeping of a primal-dual loop (numba or torch): the relative change of
+    chi every ``check_every`` iterations, progress reports and the ``tol`` stop."""
+
+    def __init__(self, n_iter, tol, check_every, progress):
+        self.n_iter, self.tol, self.check_every, self.progress = n_iter, tol, check_every, progress
+        self.changes = []
+        self.converged = False
+
+    def due(self, it):
+        """Whether iteration ``it`` is a check."""
+        return it % self.check_every == 0 or it == self.n_iter
+
+    def stop(self, it, change):
+        """Record the relative change at a check; True when the loop should stop."""
+        self.changes.append((it, change))
+        if self.progress is not None:
+            self.progress(it, self.n_iter, change)
+        self.converged = self.tol is not None and it > self.check_every and change < self.tol
+        return self.converged
+
+    def record(self, it):
+        return {"iterations": it, "converged": self.converged, "relative_change": self.changes}
