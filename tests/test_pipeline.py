@@ -306,6 +306,7 @@ def test_tgv_preset_runs_in_one_step(sim, tmp_path):
         runs[name] = (rec, out)
     rec, out = runs["field"]
     assert {"unwrapping", "echo combination"} <= set(rec["timings_s"])
+    assert rec["inversion"]["coarse_levels"] == 2 and rec["inversion"]["coarse"] is not None
     assert rec["inversion"]["laplacian"] == "plain" and (out / "field.nii.gz").exists()
     assert "Laplacian of the combined field" in rec["consensus_report"]["methods_paragraph"]
     rec, out = runs["phase"]

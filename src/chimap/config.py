@@ -201,7 +201,8 @@ def configurable_keywords(func) -> set[str]:
     """Keyword-only arguments of an algorithm that a user may set (not those the pipeline
     supplies itself, such as ``b0_direction`` or ``weight``)."""
     params = inspect.signature(func).parameters
-    return {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n not in _SUPPLIED}
+    return {n for n, p in params.items()
+            if p.kind == p.KEYWORD_ONLY and n not in _SUPPLIED and not n.startswith("_")}
 
 
 def resolve(preset: str = "default", *, config_file=None, overrides: dict | None = None) -> dict:

@@ -76,7 +76,7 @@ def _project(components, radius, weights=None):
 
 
 def solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_iter, tol, check_every, progress,
-          device):
+          chi0=None, *, device):
     """The primal-dual iterations on ``device``; arguments as ``chimap.tgv.solver._solve``.
 
     Returns chi (rad, float64 numpy, working grid) and a record of the run.
@@ -94,6 +94,9 @@ def solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_iter
     phi_lap, mk, mk0 = tensor(lapphi), tensor(m), tensor(m0)
     shape = tuple(lapphi.shape)
     chi, chib, psi, psib, eta = (torch.zeros(shape, dtype=f32, device=dev) for _ in range(5))
+    if chi0 is not None:
+        chi.copy_(tensor(chi0))
+        chib.copy_(chi)
     w, wb, p = (torch.zeros((3,) + shape, dtype=f32, device=dev) for _ in range(3))
     q = torch.zeros((6,) + shape, dtype=f32, device=dev)
     ref = torch.zeros(shape, dtype=torch.float64, device=dev)

@@ -66,6 +66,19 @@ stay at 18-26 % NRMSE over 20000 iterations; started from zero they are at 50 % 
 48 % after 15000). Step-size balancing, a coarse-to-fine start, continuation of the ``psi``
 weight and an FFT preconditioner of the ``eta`` step each gained at most 3 points.
 
+Coarse-grid start
+-----------------
+``coarse_levels=n`` (chimap's; the reference codes start from zero) first solves the same
+problem on a grid of twice the voxel size (the phase a coarser acquisition would measure: the
+angle of the 2 x 2 x 2 block mean of ``exp(i phi)``; the mask's blocks at least half inside,
+half the erosions), recursively ``n`` times, and starts the iteration from that chi,
+interpolated trilinearly. The coarse solves cost about an eighth each and carry the slow,
+large-scale part of the solution, which the iteration from zero builds up over thousands of
+iterations. Measured on the 1 mm simulated GRE head (TGV on the combined field, 1655
+iterations, NRMSE against the true chi): 62.4 % from zero, 55.0 % with one level, 53.2 % with
+two (5000 iterations from zero: 57.9 %), for 50 -> 56 s. ``chimap run --preset tgv`` uses two
+levels; the presets of :data:`PRESETS` keep the reference codes' start.
+
 Deviations (documented choices)
 -------------------------------
 - Step sizes ``sigma = tau = 1 / ||K||`` with ``||K||`` the operator norm measured by power
@@ -183,6 +196,10 @@ def laplacian_of_phase(phase, voxel_size, *, method="sin"):
     return out
 
 
+# coarse-grid start only where the mask spans at least this many voxels per axis on the coarse grid
+_MIN_COARSE_EXTENT = 16
+
+
 def _odd(n):
     """``n``, or ``n + 1`` when ``n`` is a power of two (fused loops run slower on those)."""
     return n + 1 if n & (n - 1) == 0 else n
@@ -190,8 +207,9 @@ def _odd(n):
 
 def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=(0.0, 0.0, 1.0),
             preset="julia", alpha=None, iterations=None, erosions=None, laplacian=None,
-            correct_laplacian=None, dedimensionalise=None, preconditioned=None, tol=None, check_every=50,
-            echo_combination="laplacian", device=None, progress=None, return_info=False):
+            correct_laplacian=None, dedimensionalise=None, preconditioned=None, coarse_levels=0, tol=None,
+            check_every=50, echo_combination="laplacian", device=None, progress=None, return_info=False,
+            _chi0=None):
     """Susceptibility from wrapped phase in one step by TGV-QSM (Langkammer et al. 2015).
 
     Parameters
@@ -231,6 +249,12 @@ def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=
     preconditioned : bool, optional
         Diagonally preconditioned step sizes (:func:`step_sizes`) instead of one step from the
         operator norm.
+    coarse_levels : int
+        Start from a coarser solution (chimap's; module docstring, "Coarse-grid start"): 0
+        starts from chi = 0 as the reference codes do; 1 first solves the same problem on a
+        grid of twice the voxel size (``iterations`` there too, an eighth of the cost) and
+        starts from its chi interpolated to this grid; 2 does the same for that grid, and so on.
+        The fixed point is the same; it is reached sooner.
     check_every : int
         Iterations between convergence checks (and progress reports).
     echo_combination : {"laplacian", "laplacian_origin", "per_echo"}
@@ -301,6 +325,14 @@ def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=
     if echo_combination == "laplacian" and ph.shape[3] == 2 and np.ptp(te) <= 0:
         raise ValueError("two echoes with the same echo time: no slope to fit")
     check_every = max(1, int(check_every))
+    levels = int(coarse_levels)
+    if levels < 0:
+        raise ValueError(f"coarse_levels must be >= 0, got {coarse_levels!r}")
+    coarse_record = None
+    if levels > 0 and min(np.ptp(np.argwhere(m_in), axis=0)) >= 2 * _MIN_COARSE_EXTENT:
+        _chi0, coarse_record = _coarse_start(
+            ph, m_in, vs, te=te, strength=strength, b=b, preset=preset, cfg=cfg, n_iter=n_iter, n_erode=n_erode,
+            tol=tol, check_every=check_every, echo_combination=echo_combination, device=device, levels=levels)
     if device is not None:
         from . import _torch
 
@@ -372,8 +404,12 @@ def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=
             lapphi[m0w > 0] -= np.float32(lapphi[m0w > 0].mean(dtype=np.float64))
         lapphi *= m0w
         solve = _solve if device is None else partial(_torch.solve, device=device)
+        chi0 = None
+        if _chi0 is not None:  # start value in ppm on the input grid -> rad on the working grid
+            chi0 = np.zeros(work, dtype=np.float32)
+            chi0[wsl] = _chi0[box] * rad_per_ppm
         chi, info = solve(lapphi, mw, m0w, inv_h, axial, mixed, sigma, tau, a1, a0, n_iter, tol, check_every,
-                          progress)
+                          progress, chi0)
         chi_sum += weight * chi / rad_per_ppm
         weights.append(weight)
         runs.append(info)
@@ -388,8 +424,43 @@ def tgv_qsm(phase, mask, voxel_size, *, echo_time, field_strength, b0_direction=
                      "correct_laplacian": bool(cfg["correct_laplacian"]),
                      "dedimensionalise": bool(cfg["dedimensionalise"]), "operator_norm": norm,
                      "preconditioned": bool(cfg["preconditioned"]), "sigma": sigma.tolist(), "tau": tau.tolist(), "echo_combination": echo_combination, "mask": m, "tol": tol,
-                     "device": "numba" if device is None else str(device)}
+                     "device": "numba" if device is None else str(device), "coarse_levels": levels,
+                     "coarse": coarse_record}
     return out
+
+
+def _coarse_start(ph, m_in, vs, *, te, strength, b, preset, cfg, n_iter, n_erode, tol, check_every,
+                  echo_combination, device, levels):
+    """chi (ppm, input grid) of the same problem solved on a grid of twice the voxel size and
+    interpolated back (trilinear, voxel-area aligned), and a record of that solve.
+
+    The coarse phase is the angle of the 2 x 2 x 2 block mean of ``exp(i phase)`` (the phase a
+    coarser acquisition would measure; the block mean itself for unwrapped phase), the coarse
+    mask the blocks at least half inside the mask, eroded ``ceil(erosions / 2)`` times."""
+    shape = m_in.shape
+    even = tuple(n + n % 2 for n in shape)
+
+    def blocks(x):
+        out = np.zeros(even + x.shape[3:], dtype=x.dtype)
+        out[: shape[0], : shape[1], : shape[2]] = x
+        new = (even[0] // 2, 2, even[1] // 2, 2, even[2] // 2, 2) + x.shape[3:]
+        return out.reshape(new).mean(axis=(1, 3, 5))
+
+    if cfg["laplacian"] == "plain":
+        ph_c = blocks(ph.astype(np.float64))
+    else:
+        ph_c = np.angle(blocks(np.exp(1j * ph.astype(np.float64))))
+    m_c = blocks(m_in.astype(np.float64)) >= 0.5
+    chi_c, info = tgv_qsm(ph_c.astype(np.float32), m_c, 2.0 * vs, echo_time=te, field_strength=strength,
+                          b0_direction=b, preset=preset, alpha=cfg["alpha"], iterations=n_iter,
+                          erosions=-(-n_erode // 2), laplacian=cfg["laplacian"],
+                          correct_laplacian=cfg["correct_laplacian"], dedimensionalise=cfg["dedimensionalise"],
+                          preconditioned=cfg["preconditioned"], coarse_levels=levels - 1, tol=tol,
+                          check_every=check_every, echo_combination=echo_combination, device=device,
+                          return_info=True)
+    fine = ndimage.zoom(chi_c, 2, order=1, grid_mode=True, mode="grid-constant", cval=0.0)
+    record = {"voxel_size": (2.0 * vs).tolist(), "iterations": info["iterations"], "coarse": info["coarse"]}
+    return fine[: shape[0], : shape[1], : shape[2]], record
 
 
 def row_spans(active):
@@ -407,11 +478,16 @@ def row_spans(active):
     return span
 
 
-def _solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_iter, tol, check_every, progress):
-    """The primal-dual iterations on the working grid; returns chi (rad) and a record."""
+def _solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_iter, tol, check_every, progress,
+           chi0=None):
+    """The primal-dual iterations on the working grid (from ``chi0``, rad, when given; else 0);
+    returns chi (rad) and a record."""
     shape = lapphi.shape
     f32 = np.float32
     chi, chib, psi, psib = (np.zeros(shape, f32) for _ in range(4))
+    if chi0 is not None:
+        chi[...] = chi0
+        chib[...] = chi0
     w, wb, p = (np.zeros((3,) + shape, f32) for _ in range(3))
     q = np.zeros((6,) + shape, f32)
     eta = np.zeros(shape, f32)
