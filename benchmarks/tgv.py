@@ -48,19 +48,23 @@ def copy_bandwidth(n_bytes=1 << 30, repeats=5):
     return 2 * n_bytes / best / 1e9
 
 
+def brain_like_mask(shape):
+    """Ellipsoid with semi-axes 0.42 of ``shape``: about a brain in its field of view."""
+    grid = np.indices(shape, dtype=np.float32)
+    centre = (np.array(shape, np.float32) - 1) / 2
+    return sum(((grid[a] - centre[a]) / (0.42 * shape[a])) ** 2 for a in range(3)) <= 1.0
+
+
 def time_iterations(shape, iterations, device=None):
-    """Seconds per iteration of the loop on an ellipsoidal mask (semi-axes 0.42 of ``shape``,
-    about a brain in its field of view), and the voxels its passes visit per iteration."""
+    """Seconds per iteration of the loop on :func:`brain_like_mask`, and the voxels its passes
+    visit per iteration."""
     from scipy import ndimage
 
     from chimap.tgv import tgv_qsm
     from chimap.tgv.solver import row_spans
 
     vs = (1.0, 1.0, 1.0)
-    grid = np.indices(shape, dtype=np.float32)
-    centre = (np.array(shape, np.float32) - 1) / 2
-    mask = sum(((grid[a] - centre[a]) / (0.42 * shape[a])) ** 2 for a in range(3)) <= 1.0
-    del grid
+    mask = brain_like_mask(shape)
     rng = np.random.default_rng(0)
     phase = np.angle(np.exp(1j * rng.standard_normal(shape).astype(np.float32) * 0.5))
     kw = dict(echo_time=0.02, field_strength=3.0, erosions=0, device=device)
@@ -96,10 +100,7 @@ def time_original(directory, shape, iterations):
     """Seconds per iteration of the original Cython TGV-QSM on the same grid and mask as
     :func:`time_iterations`."""
     qsm_tgv, _, _ = load_original(directory)
-    grid = np.indices(shape, dtype=np.float32)
-    centre = (np.array(shape, np.float32) - 1) / 2
-    mask = (sum(((grid[a] - centre[a]) / (0.42 * shape[a])) ** 2 for a in range(3)) <= 1.0).astype(np.float32)
-    del grid
+    mask = brain_like_mask(shape).astype(np.float32)
     rng = np.random.default_rng(0)
     lap = rng.standard_normal(shape).astype(np.float32) * 0.1
     t = time.perf_counter()

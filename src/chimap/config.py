@@ -194,6 +194,13 @@ def validate(config: dict) -> dict:
     if "input" in invert and invert.get("method") not in ONE_STEP_INVERSIONS:
         raise ValueError(f"[invert] input applies to the one-step inversions ({', '.join(sorted(ONE_STEP_INVERSIONS))}), "
                          f"not to {invert.get('method')!r}: drop the key")
+    if invert.get("method") in ONE_STEP_INVERSIONS:
+        if config.get("mask", {}).get("two_pass", False):
+            raise ValueError("the two-pass masks need a background-removal step, which TGV-QSM does not have: "
+                             "set [mask] two_pass = false")
+        if invert.get("input", "phase") == "field" and invert.get("laplacian", "plain") != "plain":
+            raise ValueError(f'[invert] laplacian = "{invert["laplacian"]}" is for wrapped phase; with input = '
+                             '"field" the field is unwrapped: drop the key or set input = "phase"')
     return config
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .invert.autoreg import AUTOMATIC_PARAMETERS, invert_recording_choices
-from .config import ONE_STEP_INVERSIONS, expand_defaults, method_function, resolve, step_kwargs
+from .config import ONE_STEP_INVERSIONS, expand_defaults, method_function, resolve, step_kwargs, validate
 from .reference import csf_mask_from_r2star, reference_chi
 from .geometry import check_b0_direction, check_voxel_size
 from .units import check_echo_times, check_field_strength, ppm_to_rad
@@ -42,9 +42,10 @@ class PipelineResult:
     brain_mask : numpy.ndarray of bool
         Brain mask before background removal.
     field : numpy.ndarray of float32 or None
-        Total field (ppm); None after a one-step inversion (TGV-QSM), which computes none.
+        Total field (ppm); None after TGV-QSM from the wrapped phase (``[invert] input =
+        "phase"``), which computes none.
     local_field : numpy.ndarray of float32 or None
-        Local field (ppm); None after a one-step inversion.
+        Local field (ppm); None after TGV-QSM, which has no separate background step.
     reliability : numpy.ndarray or None
         Noise/reliability map of the field fit.
     inversion : dict
@@ -129,7 +130,7 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
     -------
     PipelineResult
     """
-    cfg = config if config is not None else resolve(preset)
+    cfg = validate(config) if config is not None else resolve(preset)
     phase = np.asarray(phase)
     if phase.ndim == 3:
         phase = phase[..., None]
@@ -187,9 +188,6 @@ def run(magnitude, phase, *, voxel_size, echo_times, field_strength, b0_directio
             corrected = remove_phase_offset(phase, offset)
 
     one_step = cfg["invert"]["method"] in ONE_STEP_INVERSIONS
-    if one_step and cfg["mask"].get("two_pass", False):
-        raise ValueError("the two-pass masks need a background-removal step, which TGV-QSM does not have: "
-                         "set [mask] two_pass = false")
     if one_step and cfg["invert"].get("input", "phase") == "phase":
         chi, valid = _one_step(corrected, brain, vs, te, b0t, b0, cfg, timings, chosen)
         return _referenced_result(chi, valid, brain, None, None, None, cfg, magnitude, te, vs, ref_region,
@@ -288,10 +286,7 @@ def _one_step(phase, brain, vs, te, b0t, b0, cfg, timings, chosen):
     if phase.ndim == 3:
         te = float(np.mean(te))
         phase = ppm_to_rad(phase, echo_time=te, field_strength=b0t).astype(np.float32)
-        if kw.get("laplacian", "plain") != "plain":
-            raise ValueError(f'[invert] laplacian = "{kw["laplacian"]}" is for wrapped phase; with input = "field" '
-                             'the field is unwrapped: drop the key or set input = "phase"')
-        kw["laplacian"] = "plain"
+        kw["laplacian"] = "plain"  # the configuration refuses any other with input = "field"
         what = "background removal and inversion"
     elif phase.shape[3] >= 2 and cfg["offsets"]["method"] == "mcpc3ds":
         # the receiver offsets are gone: fit the echoes' Laplacians through the origin in TE
