@@ -34,7 +34,13 @@ SHARED_SEGMENTATION = Path(__file__).resolve().parents[1].parent / "shared" / "d
     "qsm2_headphantom_segmentation_neuropoly"
 CASES = {
     "gre": dict(args=["--protocol", "gre", "--voxel-size", "1", "--snr", "100"]),
-    "epi": dict(args=["--protocol", "epi", "--voxel-size", "1", "1", "2", "--snr", "45", "--echo-times", "0.021"]),
+    # the first paper's segmented 3D-EPI: 5 lines per shot (Gkotsoulias et al. 2025, ETL = 5),
+    # so 46 shots for the 230 phase-encode lines
+    "epi": dict(args=["--protocol", "epi", "--voxel-size", "1", "1", "2", "--snr", "45", "--echo-times", "0.021",
+                      "--segments", "46"]),
+    # the longest train that fits TE = 21 ms: 5 shots of 46 lines (37 ms at 0.8 ms spacing)
+    "epi_long": dict(args=["--protocol", "epi", "--voxel-size", "1", "1", "2", "--snr", "45",
+                           "--echo-times", "0.021"]),
     "tilt7t": dict(args=["--protocol", "gre", "--voxel-size", "1", "--field-strength", "7", "--b0-tilt", "15",
                          "--snr", "100", "--echo-times", "0.004", "0.009", "0.014", "0.019"]),
     # another anatomy: the QSM challenge 2.0 head model (needs ../shared/data)

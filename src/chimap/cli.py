@@ -62,5 +62,14 @@ def main(argv=None) -> int:
         return 1
 
 
+def console_main() -> int:
+    """The ``chimap`` command: :func:`main` with the allocator set for large arrays
+    (:func:`chimap._allocator.retain_freed_memory`; ``CHIMAP_SYSTEM_MALLOC=1`` opts out)."""
+    from ._allocator import retain_freed_memory
+
+    retain_freed_memory()
+    return main()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())
