@@ -75,6 +75,25 @@ def _refinement_clause(cfg):
             f"added back {n} time(s) during the inversion (chimap's boundary refinement)")
 
 
+def _offsets_clause(cfg, n_echoes):
+    """How MCPC-3D-S estimated the offset (its smoothing and unwrapping), as a clause."""
+    table = cfg.get("offsets", {})
+    if table.get("method") != "mcpc3ds":
+        return ""
+    if n_echoes < 2:
+        return " (not applied: it needs two echoes)"
+    sigma = table.get("sigma_mm", 10.0)
+    parts = [f"echoes {list(table.get('echoes', [0, 1]))}"]
+    if table.get("unwrap_difference"):
+        parts.append("their phase difference unwrapped by region growing")
+    if table.get("smoothing", "gaussian") == "local_linear":
+        parts.append(f"the offset smoothed by a plane fitted in a Gaussian window of sigma {sigma} mm "
+                     "(chimap's local-linear smoothing, unbiased at the mask edge)")
+    else:
+        parts.append(f"the offset smoothed by a Gaussian of sigma {sigma} mm")
+    return f" ({', '.join(parts)})"
+
+
 def _automatic_clause(result):
     """What the inversion chose from the data (``result.inversion``), as a clause."""
     chosen = getattr(result, "inversion", None) or {}
@@ -107,7 +126,7 @@ def consensus_report(cfg, acq, result) -> dict:
         f"{acq.field_strength:g} T, voxel {np.round(acq.voxel_size, 3).tolist()} mm, B0 direction "
         f"{np.round(acq.b0_direction, 4).tolist()} in voxel axes, obliquity {acq.obliquity_deg:.1f} deg) "
         f"on the acquired grid without resampling. Brain mask: {steps['mask']['description']}. "
-        f"Phase offsets: {steps['offsets']['description']}. "
+        f"Phase offsets: {steps['offsets']['description']}{_offsets_clause(cfg, len(te_ms))}. "
     )
     if steps["invert"]["method"] == "tgv":
         record = getattr(result, "inversion", None) or {}
