@@ -36,7 +36,11 @@ other scale), i.e. ``preset="julia"`` with ``iterations=2500``. ``"qsmxt"`` is t
 code as maintained by QSMxT since 2023 (QSMxT/TGV_QSM@31f0ddd: both weights doubled, the
 problem de-dimensionalised), the implementation Gkotsoulias et al. cite (Stewart et al. 2022);
 ``benchmarks/tgv.py --original`` runs that code beside this one (NRMSE 70.0 against 69.2 % on a
-2 mm head, same parameters, 1000 iterations).
+2 mm head, same parameters, 1000 iterations). On the 1 mm GRE case of
+``benchmarks/bench_pipeline.py`` (the combined field as phase at the mean TE, the pipeline's
+mask), the original code reached 69.1 % after 1000 iterations and 61.8 % after 2500, against
+47.1 % for ``chimap run --preset tgv`` and 36.9 % for the classical default pipeline on the
+same voxels (a one-off comparison with a locally built copy; nothing of it is in chimap).
 
 =============  ===================  ==========  ========  =========  ===============  =========
 preset         alpha (a1, a0)       iterations  erosions  laplacian  mean correction  de-dim.
