@@ -9,7 +9,7 @@ import pytest
 PROBE = r"""
 import sys
 import numpy as np
-from chimap._allocator import retain_freed_memory
+from chimap.allocator import retain_freed_memory
 applied = retain_freed_memory() if sys.argv[1] == "retain" else False
 
 def resident():

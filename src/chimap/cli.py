@@ -64,8 +64,8 @@ def main(argv=None) -> int:
 
 def console_main() -> int:
     """The ``chimap`` command: :func:`main` with the allocator set for large arrays
-    (:func:`chimap._allocator.retain_freed_memory`; ``CHIMAP_SYSTEM_MALLOC=1`` opts out)."""
-    from ._allocator import retain_freed_memory
+    (:func:`chimap.allocator.retain_freed_memory`; ``CHIMAP_SYSTEM_MALLOC=1`` opts out)."""
+    from .allocator import retain_freed_memory
 
     retain_freed_memory()
     return main()
