@@ -117,6 +117,20 @@ def test_local_linear_smoothing_is_exact_for_a_linear_offset_up_to_the_edge():
     assert err_plane.max() < 1e-5
 
 
+def test_local_linear_falls_back_to_gaussian_where_a_plane_is_undetermined():
+    te = [0.004, 0.009, 0.014]
+    mag, pha, _mask, _field, _offset = _synthetic(te)
+    line = np.zeros(SHAPE, bool)
+    line[5:15, 10, 8] = True  # no spread across the line: the plane's slopes are undetermined
+    kw = dict(magnitude=mag, echo_times=te, sigma_mm=3.0)
+    gauss = mcpc3ds(pha, line, VOXEL, **kw)
+    plane = mcpc3ds(pha, line, VOXEL, smoothing="local_linear", **kw)
+    np.testing.assert_allclose(plane[line], gauss[line], atol=1e-12)
+    single = np.zeros(SHAPE, bool)
+    single[10, 10, 8] = True
+    assert np.all(np.isfinite(mcpc3ds(pha, single, VOXEL, smoothing="local_linear", unwrap_difference=True, **kw)))
+
+
 def test_local_linear_smoothing_removes_noise():
     te = [0.004, 0.009, 0.014]
     mag, pha, mask, _field, offset = _synthetic(te, noise=0.05, rng=1, offset_amp=1.0)
