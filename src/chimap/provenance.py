@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import __version__
+from .config import expand_defaults
 from .invert.autoreg import AUTOMATIC_PARAMETERS
 
 __all__ = ["consensus_report", "CONSENSUS_CHECKS"]
@@ -77,16 +78,16 @@ def _refinement_clause(cfg):
 
 def _offsets_clause(cfg, n_echoes):
     """How MCPC-3D-S estimated the offset (its smoothing and unwrapping), as a clause."""
-    table = cfg.get("offsets", {})
-    if table.get("method") != "mcpc3ds":
+    if cfg.get("offsets", {}).get("method") != "mcpc3ds":
         return ""
     if n_echoes < 2:
         return " (not applied: it needs two echoes)"
-    sigma = table.get("sigma_mm", 10.0)
-    parts = [f"echoes {list(table.get('echoes', [0, 1]))}"]
-    if table.get("unwrap_difference"):
+    table = expand_defaults({"offsets": cfg["offsets"]})["offsets"]  # the function's own defaults
+    sigma = table["sigma_mm"]
+    parts = [f"echoes {list(table['echoes'])}"]
+    if table["unwrap_difference"]:
         parts.append("their phase difference unwrapped by region growing")
-    if table.get("smoothing", "gaussian") == "local_linear":
+    if table["smoothing"] == "local_linear":
         parts.append(f"the offset smoothed by a plane fitted in a Gaussian window of sigma {sigma} mm "
                      "(chimap's local-linear smoothing, unbiased at the mask edge)")
     else:

@@ -15,7 +15,7 @@ from scipy import ndimage
 from ..geometry import check_voxel_size
 from ..units import check_echo_times
 from .combine import _as_echo_array, _check_mask, _out_dtype
-from .unwrap import wrap
+from .unwrap import unwrap_region_growing, wrap
 
 __all__ = ["mcpc3ds", "remove_phase_offset"]
 
@@ -122,6 +122,8 @@ def mcpc3ds(phase, mask, voxel_size, *, magnitude=None, echo_times, echoes=(0, 1
     if dte <= 0:
         raise ValueError(f"echo {eb} must come after echo {ea} (TE {te[eb]} s vs {te[ea]} s)")
     sig = _smooth_sigma_vox(sigma_mm, vs)
+    if smoothing not in ("gaussian", "local_linear"):
+        raise ValueError(f'smoothing must be "gaussian" or "local_linear", got {smoothing!r}')
 
     pa = p4[..., ea].astype(np.float64)
     pb = p4[..., eb].astype(np.float64)
@@ -142,12 +144,8 @@ def mcpc3ds(phase, mask, voxel_size, *, magnitude=None, echo_times, echoes=(0, 1
         weight = np.sqrt(np.abs(ma * mb))
     weight = np.where(m, np.nan_to_num(weight), 0.0)
 
-    if smoothing not in ("gaussian", "local_linear"):
-        raise ValueError(f'smoothing must be "gaussian" or "local_linear", got {smoothing!r}')
     dphi = np.angle(np.exp(1j * (pb - pa)))  # angle of the Hermitian product
     if unwrap is None and unwrap_difference:
-        from .unwrap import unwrap_region_growing
-
         quality = weight if magnitude is not None else None
 
         def unwrap(x, msk, v):
@@ -172,19 +170,16 @@ def mcpc3ds(phase, mask, voxel_size, *, magnitude=None, echo_times, echoes=(0, 1
     ws = ndimage.gaussian_filter(weight, **kw)
     offset = np.where(ws > 1e-3 * ws.max(), np.angle(zs), raw)
     if smoothing == "local_linear":
-        from .unwrap import unwrap_region_growing
-
         # the plane is fitted to the raw offset made continuous: the Gaussian estimate, smooth
         # and so trivially unwrapped, plus the raw offset's (small) wrapped difference from it
         smooth = unwrap_region_growing(offset.astype(np.float64), m, vs)
-        plane = _LocalPlane(weight, sig, ws, m)
-        fitted = plane(np.where(m, smooth + wrap(raw - smooth), 0.0))
-        offset = np.where(plane.support(), fitted, offset)
+        fitted, support = _local_plane(np.where(m, smooth + wrap(raw - smooth), 0.0), weight, sig, ws, m)
+        offset = np.where(support, fitted, offset)
     return wrap(offset).astype(_out_dtype(p4))
 
 
-class _LocalPlane:
-    """Fits, at every voxel, a plane to a map in the voxel's Gaussian window (private).
+def _local_plane(values, weight, sigma_vox, smoothed_weight, where, *, min_support=0.05):
+    """Value at every voxel of the plane fitted to ``values`` in the voxel's Gaussian window.
 
     Weighted least squares ``min sum_y g(x - y) w(y) (r(y) - a - b . u)^2`` per voxel ``x``
     with ``u = (y - x) / sigma`` (per axis) and ``g`` the Gaussian of :func:`mcpc3ds`. The
@@ -192,74 +187,61 @@ class _LocalPlane:
     involved: since ``d g / d x_k = -(x_k - y_k) / sigma_k^2 g``, ``sum g w u_k = sigma_k
     d_k G[w]`` and ``sum g w u_i u_j = sigma_i sigma_j d_i d_j G[w] + delta_ij G[w]`` (``G`` the
     Gaussian filter; exact for scipy's truncated kernels too), so float32 loses nothing to
-    cancellation. The window's moments are computed once; each call fits one map. ``a`` is
-    returned at the voxels of ``where`` whose window holds at least ``min_support`` of the
-    largest smoothed weight and whose spread of positions is not degenerate (covariance
-    determinant in sigma units above 1e-6); :meth:`support` marks those voxels.
+    cancellation.
+
+    Returns
+    -------
+    fitted : numpy.ndarray
+        ``a`` on the support, 0 elsewhere (float64, input shape).
+    support : numpy.ndarray of bool
+        The voxels of ``where`` whose window holds at least ``min_support`` of the largest
+        smoothed weight and whose spread of positions is not degenerate (covariance
+        determinant in sigma units above 1e-6).
     """
+    shape = weight.shape
+    fitted = np.zeros(shape)
+    support = np.zeros(shape, dtype=bool)
+    keep = where & (smoothed_weight >= min_support * smoothed_weight.max())
+    if not keep.any():
+        return fitted, support
+    # the bounding box of the voxels that get a plane, plus the window's reach
+    idx = np.nonzero(keep)
+    reach = np.ceil(3.0 * np.asarray(sigma_vox)).astype(int)
+    box = tuple(slice(max(0, int(i.min()) - r), min(n, int(i.max()) + 1 + r))
+                for i, n, r in zip(idx, shape, reach))
+    sigma = np.asarray(sigma_vox, dtype=np.float64)
+    sel = keep[box]
 
-    def __init__(self, weight, sigma_vox, smoothed_weight, where, *, min_support=0.05):
-        self.shape = weight.shape
-        keep = where & (smoothed_weight >= min_support * smoothed_weight.max())
-        self.empty = not keep.any()
-        if self.empty:
-            return
-        # the bounding box of the voxels that get a plane, plus the window's reach
-        idx = np.nonzero(keep)
-        reach = np.ceil(3.0 * np.asarray(sigma_vox)).astype(int)
-        lo = [max(0, int(i.min()) - r) for i, r in zip(idx, reach)]
-        hi = [min(n, int(i.max()) + 1 + r) for i, n, r in zip(idx, self.shape, reach)]
-        self.box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        self.sigma = np.asarray(sigma_vox, dtype=np.float64)
-        self.sel = keep[self.box]
-        self.w = weight[self.box].astype(np.float32)
-        self.s0 = self._filter(self.w, (0, 0, 0)).astype(np.float64)
-        self.mu = np.stack([self._moment(self.w, k) for k in range(3)], axis=-1) / self.s0[:, None]
-        cov = np.empty(self.mu.shape + (3,))
-        for i in range(3):
-            for j in range(i, 3):
-                order = [0, 0, 0]
-                order[i] += 1
-                order[j] += 1
-                e_uu = (self.sigma[i] * self.sigma[j] * self._filter(self.w, order) + (self.s0 if i == j else 0.0)) / self.s0
-                cov[:, i, j] = cov[:, j, i] = e_uu - self.mu[:, i] * self.mu[:, j]
-        self.cov_inv, det = _symmetric_inverse_3x3(cov)
-        self.good = det > 1e-6
+    def filtered(x, *orders):
+        """Gaussian filter of a box array, differentiated once along each axis in ``orders``,
+        at the voxels that get a plane."""
+        order = [orders.count(k) for k in range(3)]
+        out = ndimage.gaussian_filter(x, sigma, order=order, mode="constant", cval=0.0, truncate=3.0)
+        return out[sel].astype(np.float64) * np.prod(sigma[list(orders)])
 
-    def _filter(self, x, order):
-        """Gaussian (derivative) filter of a box array, at the voxels that get a plane."""
-        out = ndimage.gaussian_filter(x, self.sigma, order=list(order), mode="constant", cval=0.0, truncate=3.0)
-        return out[self.sel].astype(np.float64)
-
-    def _moment(self, x, k):
-        order = [0, 0, 0]
-        order[k] = 1
-        return self.sigma[k] * self._filter(x, order)
-
-    def support(self):
-        """Boolean map (input shape) of the voxels that get a plane."""
-        out = np.zeros(self.shape, dtype=bool)
-        if not self.empty:
-            inner = np.zeros(self.sel.shape, dtype=bool)
-            inner[self.sel] = self.good
-            out[self.box] = inner
-        return out
-
-    def __call__(self, values):
-        """The fitted plane's value at every voxel of the support (0 elsewhere)."""
-        if self.empty:
-            return np.zeros(self.shape)
-        wr = (self.w * values[self.box]).astype(np.float32)
-        r0 = self._filter(wr, (0, 0, 0)) / self.s0
-        # normal equations in u: eliminating a, cov b = E[r u] - mu E[r]; a = E[r] - mu . b
-        rhs = np.stack([self._moment(wr, k) for k in range(3)], axis=-1) / self.s0[:, None] - self.mu * r0[:, None]
-        b = np.einsum("nij,nj->ni", self.cov_inv, rhs)
-        a = np.where(self.good, r0 - np.einsum("ni,ni->n", self.mu, b), 0.0)
-        out = np.zeros(self.shape)
-        inner = np.zeros(self.sel.shape)
-        inner[self.sel] = a
-        out[self.box] = inner
-        return out
+    w = weight[box].astype(np.float32)
+    wr = (w * values[box]).astype(np.float32)
+    s0 = filtered(w)
+    mu = np.stack([filtered(w, k) for k in range(3)], axis=-1) / s0[:, None]  # E[u]
+    cov = np.empty(mu.shape + (3,))
+    for i in range(3):
+        for j in range(i, 3):
+            e_uu = (filtered(w, i, j) + (s0 if i == j else 0.0)) / s0
+            cov[:, i, j] = cov[:, j, i] = e_uu - mu[:, i] * mu[:, j]
+    cov_inv, det = _symmetric_inverse_3x3(cov)
+    good = det > 1e-6
+    r0 = filtered(wr) / s0
+    # normal equations in u: eliminating a, cov b = E[r u] - mu E[r]; a = E[r] - mu . b
+    rhs = np.stack([filtered(wr, k) for k in range(3)], axis=-1) / s0[:, None] - mu * r0[:, None]
+    b = np.einsum("nij,nj->ni", cov_inv, rhs)
+    a = np.where(good, r0 - np.einsum("ni,ni->n", mu, b), 0.0)
+    inner = np.zeros(sel.shape)
+    inner[sel] = a
+    fitted[box] = inner
+    inner_support = np.zeros(sel.shape, dtype=bool)
+    inner_support[sel] = good
+    support[box] = inner_support
+    return fitted, support
 
 
 def _symmetric_inverse_3x3(a):
