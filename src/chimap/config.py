@@ -80,7 +80,7 @@ PIPELINE_KEYS = {
     "combine": {"method"},
     "distortion": {"method", "reference"},
     "background": {"method", "use_reliability", "erode_mm", "boundary_refinement"},
-    "invert": {"method", "weight", "domain", "input"},
+    "invert": {"method", "weight", "domain", "input", "edges", "edge_fraction"},
     "reference": {"method", "values"},
     "output": {"intermediates"},
 }
@@ -92,6 +92,7 @@ PIPELINE_VALUES = {
     ("distortion", "reference"): ("auto", "median", "none"),
     ("invert", "weight"): ("magnitude", "reliability", "none"),
     ("invert", "domain"): ("brain", "valid"),
+    ("invert", "edges"): ("magnitude", "none"),
     ("invert", "input"): ("phase", "field"),
     ("output", "intermediates"): (True, False),
     ("background", "use_reliability"): (True, False),
@@ -191,6 +192,14 @@ def validate(config: dict) -> dict:
         if key in config.get(step, {}) and config[step][key] not in values:
             raise ValueError(f"[{step}] {key} = {config[step][key]!r} is not one of {list(values)}")
     invert = config.get("invert", {})
+    if invert.get("edges", "none") != "none" or "edge_fraction" in invert:
+        func = method_function("invert", invert.get("method"))
+        if func is None or "gradient_weight" not in inspect.signature(func).parameters:
+            raise ValueError(f"[invert] edges / edge_fraction set the TV weight of the TV inversions (tv_admm, "
+                             f"tv_admm_wh), not of {invert.get('method')!r}: drop the keys")
+        fraction = invert.get("edge_fraction", 0.3)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"[invert] edge_fraction must be a number in [0, 1), got {fraction!r}")
     if "input" in invert and invert.get("method") not in ONE_STEP_INVERSIONS:
         raise ValueError(f"[invert] input applies to the one-step inversions ({', '.join(sorted(ONE_STEP_INVERSIONS))}), "
                          f"not to {invert.get('method')!r}: drop the key")

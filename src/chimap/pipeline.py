@@ -451,6 +451,14 @@ def _local_and_chi(total, brain, vs, b0, cfg, mag_weight, reliability, timings, 
 
                 kw["refine_field"] = refine
                 kw["refine_times"] = refinements
+        if cfg["invert"].get("edges", "none") == "magnitude":
+            from .invert.edges import DEFAULT_EDGE_FRACTION, magnitude_edge_weight
+
+            if mag_weight is None:
+                raise ValueError('[invert] edges = "magnitude" needs the magnitude: pass --magnitude or set '
+                                 'edges = "none"')
+            kw["gradient_weight"] = magnitude_edge_weight(
+                mag_weight, valid, vs, edge_fraction=cfg["invert"].get("edge_fraction", DEFAULT_EDGE_FRACTION))
         if mag_weight is not None and "magnitude" in inspect.signature(invert).parameters:
             kw["magnitude"] = mag_weight  # MEDI's edge mask
         chi, picked = invert_recording_choices(invert, local, valid, vs, b0_direction=b0, **kw)

@@ -20,6 +20,9 @@
                        QSM, Milovic 2019): absorbs background left by background removal
 =====================  ==========================================================================
 
+Both TV inversions take a per-voxel TV weight ``gradient_weight``, e.g. MEDI's morphology prior
+from :func:`chimap.invert.edges.magnitude_edge_weight`.
+
 Every inversion takes ``(local_field, mask, voxel_size, *, b0_direction, ...)``, works on the
 mask's bounding box zero padded by ``pad_factor``, keeps the input dtype, never modifies its
 inputs and returns chi that is zero outside the mask with an arbitrary mean; reference it with

@@ -13,20 +13,26 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["fidelity_update", "grad_adjoint", "grad_shrink_update", "relative_change", "wh_coefficients",
+__all__ = ["UNIFORM", "fidelity_update", "grad_adjoint", "grad_shrink_update", "relative_change", "wh_coefficients",
            "tv_chi_spectrum", "wh_field_spectra", "wh_joint_update"]
+
+#: The ``thr_weight`` of :func:`grad_shrink_update` for a uniform TV weight.
+UNIFORM = np.ones((1, 1, 1), dtype=np.float32)
 
 
 @njit(parallel=True, cache=True)
-def grad_shrink_update(chi, u, s, inv_h, thr, isotropic, relax):
+def grad_shrink_update(chi, u, s, inv_h, thr, isotropic, relax, thr_weight):
     """One z/u update of ADMM for the constraint ``z = G chi`` with the TV prox.
 
-    ``w = G chi + u``; ``z = shrink(w, thr)``; ``u <- w - z``; ``s <- z - u`` (the argument of
-    the next chi update). ``isotropic``: vector soft-thresholding of the 3-vector ``w`` at each
-    voxel (isotropic TV); else component-wise (anisotropic TV, L1 of each difference).
-    ``u`` and ``s`` have shape (3, n0, n1, n2) and are updated in place.
+    ``w = G chi + u``; ``z = shrink(w, thr * thr_weight)``; ``u <- w - z``; ``s <- z - u`` (the
+    argument of the next chi update). ``isotropic``: vector soft-thresholding of the 3-vector
+    ``w`` at each voxel (isotropic TV); else component-wise (anisotropic TV, L1 of each
+    difference). ``thr_weight``: the per-voxel weight of the TV term, shape (n0, n1, n2), or
+    any array of another size for a uniform weight 1. ``u`` and ``s`` have shape
+    (3, n0, n1, n2) and are updated in place.
     """
     n0, n1, n2 = chi.shape
+    weighted = thr_weight.size == chi.size
     h0 = inv_h[0]
     h1 = inv_h[1]
     h2 = inv_h[2]
@@ -44,16 +50,17 @@ def grad_shrink_update(chi, u, s, inv_h, thr, isotropic, relax):
                 w0 = relax * (chi[ip, j, k] - c) * h0 + (1.0 - relax) * (s[0, i, j, k] + u0) + u0
                 w1 = relax * (chi[i, jp, k] - c) * h1 + (1.0 - relax) * (s[1, i, j, k] + u1) + u1
                 w2 = relax * (chi[i, j, kp] - c) * h2 + (1.0 - relax) * (s[2, i, j, k] + u2) + u2
+                t = thr * thr_weight[i, j, k] if weighted else thr
                 if isotropic:
                     nrm = np.sqrt(w0 * w0 + w1 * w1 + w2 * w2)
-                    f = 1.0 - thr / nrm if nrm > thr else 0.0
+                    f = 1.0 - t / nrm if nrm > t else 0.0
                     z0 = w0 * f
                     z1 = w1 * f
                     z2 = w2 * f
                 else:
-                    z0 = w0 - thr if w0 > thr else (w0 + thr if w0 < -thr else 0.0)
-                    z1 = w1 - thr if w1 > thr else (w1 + thr if w1 < -thr else 0.0)
-                    z2 = w2 - thr if w2 > thr else (w2 + thr if w2 < -thr else 0.0)
+                    z0 = w0 - t if w0 > t else (w0 + t if w0 < -t else 0.0)
+                    z1 = w1 - t if w1 > t else (w1 + t if w1 < -t else 0.0)
+                    z2 = w2 - t if w2 > t else (w2 + t if w2 < -t else 0.0)
                 u[0, i, j, k] = w0 - z0
                 u[1, i, j, k] = w1 - z1
                 u[2, i, j, k] = w2 - z2

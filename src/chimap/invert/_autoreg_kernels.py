@@ -13,10 +13,13 @@ __all__ = ["gradient_norms"]
 
 
 @njit(parallel=True, cache=True)
-def gradient_norms(x, inv_h):
-    """``(sum |G x|_2, sum |G x|_1, sum |G x|_2^2)`` over the grid, accumulated in float64:
-    isotropic TV, anisotropic TV and the squared L2 norm of the gradient."""
+def gradient_norms(x, inv_h, weight):
+    """``(sum g |G x|_2, sum g |G x|_1, sum g |G x|_2^2)`` over the grid, accumulated in
+    float64: isotropic TV, anisotropic TV and the squared L2 norm of the gradient, each voxel's
+    term weighted by ``g = weight[i, j, k]`` (an array of x's shape), or unweighted (``g = 1``)
+    when ``weight`` has another size."""
     n0, n1, n2 = x.shape
+    weighted = weight.size == x.size
     h0 = inv_h[0]
     h1 = inv_h[1]
     h2 = inv_h[2]
@@ -37,9 +40,10 @@ def gradient_norms(x, inv_h):
                 g1 = (x[i, jp, k] - v) * h1
                 g2 = (x[i, j, kp] - v) * h2
                 s = g0 * g0 + g1 * g1 + g2 * g2
-                a += np.sqrt(s)
-                b += abs(g0) + abs(g1) + abs(g2)
-                c += s
+                g = np.float64(weight[i, j, k]) if weighted else 1.0
+                a += g * np.sqrt(s)
+                b += g * (abs(g0) + abs(g1) + abs(g2))
+                c += g * s
         iso[i] = a
         aniso[i] = b
         sq[i] = c

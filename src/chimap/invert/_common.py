@@ -177,6 +177,36 @@ def check_weight(weight, mask, dtype):
     return out
 
 
+def padded_gradient_weight(gradient_weight, mask, dom):
+    """Validate a per-voxel TV weight and put it on the padded grid of ``dom``.
+
+    ``gradient_weight`` (input shape, finite, >= 0 inside ``mask``) is kept inside the mask;
+    the padded grid holds 1 outside it (chi there is regularised as without a weight). None
+    gives :data:`chimap.invert._admm_kernels.UNIFORM`. Raises ValueError for a shape mismatch,
+    a non-real dtype, NaN/inf or negative values inside the mask.
+    """
+    from ._admm_kernels import UNIFORM
+
+    if gradient_weight is None:
+        return UNIFORM
+    g = np.asarray(gradient_weight)
+    if g.shape != mask.shape:
+        raise ValueError(f"gradient_weight shape {g.shape} does not match local_field shape {mask.shape}")
+    if g.dtype == bool:
+        g = g.astype(np.float32)
+    if not np.issubdtype(g.dtype, np.number) or np.issubdtype(g.dtype, np.complexfloating):
+        raise ValueError(f"gradient_weight must be a real array, got dtype {g.dtype}")
+    gm = g[mask]
+    if not np.all(np.isfinite(gm)):
+        raise ValueError("gradient_weight holds NaN/inf inside the mask")
+    if np.any(gm < 0):
+        raise ValueError("gradient_weight must be non-negative")
+    inside = np.where(mask, g, 1).astype(dom.dtype)
+    out = dom.pad(inside - 1)
+    out += 1
+    return out
+
+
 def filter_in_kspace(field, mask, dom, voxel_size, b0_direction, kernel_filter):
     """``chi = IFFT(kernel_filter(D) * FFT(field))`` on the padded grid of ``dom``, cut back to
     the input grid and zeroed outside ``mask``: the common core of the closed-form inversions.

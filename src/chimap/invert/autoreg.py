@@ -361,7 +361,7 @@ def frequency_criterion(alphas, m2_amplitudes, m3_amplitudes):
 
 
 def solver_costs(chi_pad, field_pad, d, voxel_size, *, w2=None, regulariser="tv", isotropic=True,
-                 predicted_pad=None, phase_scale=None):
+                 predicted_pad=None, phase_scale=None, gradient_weight_pad=None):
     """Data-fidelity and regularisation terms of a solution on the padded grid.
 
     Parameters
@@ -384,6 +384,9 @@ def solver_costs(chi_pad, field_pad, d, voxel_size, *, w2=None, regulariser="tv"
     phase_scale : float, optional
         ``s`` (rad/ppm) of a nonlinear data term: the residual ``r`` becomes the chord
         ``2 sin(s r / 2) / s``, so that ``data = 2 F(chi)`` of :mod:`chimap.invert.nonlinear`.
+    gradient_weight_pad : numpy.ndarray, optional
+        Per-voxel weight of the gradient regulariser on the padded grid (the
+        ``gradient_weight`` of :func:`chimap.invert.tv_admm`); None: 1 everywhere.
 
     Returns
     -------
@@ -415,8 +418,11 @@ def solver_costs(chi_pad, field_pad, d, voxel_size, *, w2=None, regulariser="tv"
     del res
     if regulariser == "l2":
         return data, float(np.sum(np.square(chi_pad, dtype=np.float64)))
+    from ._admm_kernels import UNIFORM
+
     iso, aniso, sq = gradient_norms(np.ascontiguousarray(chi_pad),
-                                    1.0 / np.asarray(voxel_size, dtype=np.float64))
+                                    1.0 / np.asarray(voxel_size, dtype=np.float64),
+                                    UNIFORM if gradient_weight_pad is None else gradient_weight_pad)
     if regulariser == "l2-gradient":
         return data, float(sq)
     return data, float(iso if isotropic else aniso)

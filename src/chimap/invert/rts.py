@@ -110,7 +110,7 @@ def rts(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), delta=0.
     change = np.inf
     it = 0
     for it in range(1, max_iter + 1):
-        K.grad_shrink_update(chi, u, s, inv_h, thr, bool(isotropic), 1.0)
+        K.grad_shrink_update(chi, u, s, inv_h, thr, bool(isotropic), 1.0, K.UNIFORM)
         K.grad_adjoint(s, ets, inv_h)
         prev = chi
         chi = ifft(data + scale * fft(ets))

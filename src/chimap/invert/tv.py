@@ -35,7 +35,7 @@ import numpy as np
 
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
-from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
+from ._common import check_inversion_inputs, check_positive, check_weight, padded_gradient_weight, real_fft_pair
 from .autoreg import parse_alpha, warm_sweep
 
 __all__ = ["DEFAULT_ALPHA", "tv_admm"]
@@ -48,7 +48,7 @@ DEFAULT_CRITERION = "cv"
 
 
 def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alpha=DEFAULT_ALPHA,
-            weight=None, solver="weighted", max_iter=300, tol=5e-3, rho=None, mu=0.3,
+            weight=None, gradient_weight=None, solver="weighted", max_iter=300, tol=5e-3, rho=None, mu=0.3,
             pad_factor=1.5, isotropic=True, relax=1.0, return_info=False):
     """Total-variation dipole inversion with ADMM (Bilgic 2014; FANSI linear wTV, Milovic 2018).
 
@@ -75,6 +75,10 @@ def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alph
         Data-fidelity weight ``W`` (e.g. the magnitude, or 1 / field noise SD); zero or
         positive, used inside the mask only and normalised to unit root-mean-square there, so
         ``alpha`` keeps its meaning. None: uniform weight inside the mask.
+    gradient_weight : numpy.ndarray, shape (I, J, K), optional
+        Per-voxel weight (>= 0) of the TV term, ``alpha * sum_i g_i |(G x)_i|``: e.g. the
+        morphology prior :func:`chimap.invert.edges.magnitude_edge_weight` (MEDI's edge mask,
+        0 on the magnitude's edges). Used inside the mask; 1 outside it. None: uniform.
     solver : {"weighted", "closed_form"}
         ADMM splitting (module docstring). ``"closed_form"`` takes no ``weight``.
     max_iter : int
@@ -137,7 +141,8 @@ def tv_admm(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), alph
     w = None
     if solver == "weighted":
         w = check_weight(mask if weight is None else weight, mask, dom.dtype)
-    state = _TVADMM(field, mask, vs, b, dom, w, mu=mu, isotropic=isotropic, relax=relax)
+    tv_weight = padded_gradient_weight(gradient_weight, mask, dom)
+    state = _TVADMM(field, mask, vs, b, dom, w, mu=mu, isotropic=isotropic, relax=relax, tv_weight=tv_weight)
     selection = None
     if criterion is not None:
         criterion = DEFAULT_CRITERION if criterion == "default" else criterion
@@ -171,8 +176,9 @@ class _TVADMM:
     #: The iterates that define the state (copied by :func:`.autoreg.snapshot_state`).
     ITERATES = ("chi", "prev", "u", "s", "u2", "t")
 
-    def __init__(self, field, mask, vs, b, dom, w, *, mu, isotropic, relax):
+    def __init__(self, field, mask, vs, b, dom, w, *, mu, isotropic, relax, tv_weight=K.UNIFORM):
         self.mask, self.vs, self.dom, self.w = mask, vs, dom, w
+        self.tv_weight = tv_weight
         self.mu, self.isotropic, self.relax = mu, bool(isotropic), relax
         shape = dom.padded
         self.fft, self.ifft = real_fft_pair(shape, dom.dtype)
@@ -247,7 +253,8 @@ class _TVADMM:
                 converged = True
                 break
             # z/u update (TV prox)
-            K.grad_shrink_update(self.chi, self.u, self.s, self.inv_h, thr, self.isotropic, self.relax)
+            K.grad_shrink_update(self.chi, self.u, self.s, self.inv_h, thr, self.isotropic, self.relax,
+                                 self.tv_weight)
             if self.w is not None:
                 spec *= self.d  # the irfft kept chi's spectrum: D chi without another FFT
                 self.fidelity_update(ifft(spec, overwrite=True))
@@ -273,5 +280,6 @@ class _TVADMM:
         spec *= self.d
         pred = self.ifft(spec)
         data, reg = solver_costs(self.chi, self.f_pad, None, self.vs, isotropic=self.isotropic,
-                                 w2=None if self.w is None else self.w2, predicted_pad=pred)
+                                 w2=None if self.w is None else self.w2, predicted_pad=pred,
+                                 gradient_weight_pad=self.tv_weight)
         return data, reg, self.dom.unpad(pred, self.mask)

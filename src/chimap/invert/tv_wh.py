@@ -23,7 +23,7 @@ import numpy as np
 
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
-from ._common import check_inversion_inputs, check_positive, check_weight, real_fft_pair
+from ._common import check_inversion_inputs, check_positive, check_weight, padded_gradient_weight, real_fft_pair
 from .autoreg import parse_alpha, warm_sweep
 from .tv import DEFAULT_ALPHA, DEFAULT_CRITERION
 
@@ -34,7 +34,7 @@ DEFAULT_WH_BETA = 100.0
 
 
 def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
-               alpha=DEFAULT_ALPHA, beta=DEFAULT_WH_BETA, weight=None, harmonic_mask=None,
+               alpha=DEFAULT_ALPHA, beta=DEFAULT_WH_BETA, weight=None, gradient_weight=None, harmonic_mask=None,
                max_iter=300, tol=5e-3, rho=None, mu=0.3, nu=None, pad_factor=1.5,
                isotropic=True, relax=1.0, refine_field=None, refine_every=15, refine_times=2,
                return_harmonic=False, return_info=False):
@@ -61,6 +61,10 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
         Laplacian in ppm/mm^2). Large ``beta``: ``phi`` is strictly harmonic in ``M_h``.
     weight : numpy.ndarray, shape (I, J, K), optional
         Data-fidelity weight, normalised to unit RMS in the mask (as in ``tv_admm``).
+    gradient_weight : numpy.ndarray, shape (I, J, K), optional
+        Per-voxel weight (>= 0) of the TV term, ``alpha * sum_i g_i |(G x)_i|``: e.g. the
+        morphology prior :func:`chimap.invert.edges.magnitude_edge_weight` (MEDI's edge mask,
+        0 on the magnitude's edges). Used inside the mask; 1 outside it. None: uniform.
     harmonic_mask : numpy.ndarray of bool, shape (I, J, K), optional
         Where ``phi`` must be harmonic; default ``mask``. ``phi`` is free elsewhere.
     max_iter, tol, rho, mu, pad_factor, isotropic, relax
@@ -134,7 +138,7 @@ def tv_admm_wh(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0),
         raise ValueError("refine_field must be a callable chi -> local field")
 
     state = _TVWH(field, mask, vs, b, dom, w, beta=beta, hmask=hmask, mu=mu, nu=nu,
-                  isotropic=isotropic, relax=relax)
+                  isotropic=isotropic, relax=relax, tv_weight=padded_gradient_weight(gradient_weight, mask, dom))
     selection = None
     if criterion is not None:
         # the sweep fits the given field (no boundary refinement)
@@ -171,8 +175,9 @@ class _TVWH:
     #: The iterates that define the state (copied by :func:`.autoreg.snapshot_state`).
     ITERATES = ("chi", "prev", "u", "s", "u2", "t", "u3", "cq", "phi_spec")
 
-    def __init__(self, field, mask, vs, b, dom, w, *, beta, hmask, mu, nu, isotropic, relax):
+    def __init__(self, field, mask, vs, b, dom, w, *, beta, hmask, mu, nu, isotropic, relax, tv_weight=K.UNIFORM):
         self.mask, self.vs, self.dom = mask, vs, dom
+        self.tv_weight = tv_weight
         self.mu, self.nu = mu, beta if nu is None else nu
         self.isotropic, self.relax = bool(isotropic), relax
         dt = dom.dtype.type
@@ -249,7 +254,8 @@ class _TVWH:
             elif change < tol:
                 converged = True
                 break
-            K.grad_shrink_update(self.chi, self.u, self.s, self.inv_h, thr, self.isotropic, self.relax)
+            K.grad_shrink_update(self.chi, self.u, self.s, self.inv_h, thr, self.isotropic, self.relax,
+                                 self.tv_weight)
             K.wh_field_spectra(xs, phi_spec, self.d, self.lap, xs, cs)  # xs <- D chi + phi, cs <- L phi
             K.fidelity_update(ifft(xs, overwrite=True), self.w2f, self.w2, dt(self.mu), self.u2, self.t,
                               self.relax)
@@ -278,7 +284,8 @@ class _TVWH:
             spec += self.phi_spec
         pred = self.ifft(spec)
         data, reg = solver_costs(self.chi, self.f_pad, None, self.vs, w2=self.w2,
-                                 isotropic=self.isotropic, predicted_pad=pred)
+                                 isotropic=self.isotropic, predicted_pad=pred,
+                                 gradient_weight_pad=self.tv_weight)
         return data, reg, self.dom.unpad(pred, self.mask)
 
 
