@@ -150,6 +150,25 @@ def check_inversion_inputs(local_field, mask, voxel_size, b0_direction, pad_fact
     return field, m, vs, b, domain
 
 
+def _non_negative_in_mask(values, mask, name):
+    """``(array, values inside mask as float64)`` of a real per-voxel map that must be finite
+    and >= 0 inside ``mask``; ValueError naming ``name`` otherwise (shape, dtype, NaN/inf,
+    negative values)."""
+    a = np.asarray(values)
+    if a.shape != mask.shape:
+        raise ValueError(f"{name} shape {a.shape} does not match local_field shape {mask.shape}")
+    if a.dtype == bool:
+        a = a.astype(np.float64)
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be a real array, got dtype {a.dtype}")
+    inside = a[mask].astype(np.float64)
+    if not np.all(np.isfinite(inside)):
+        raise ValueError(f"{name} holds NaN/inf inside the mask")
+    if np.any(inside < 0):
+        raise ValueError(f"{name} must be non-negative")
+    return a, inside
+
+
 def check_weight(weight, mask, dtype):
     """Validate a data-fidelity weight and normalise it to unit root-mean-square in the mask.
 
@@ -157,18 +176,7 @@ def check_weight(weight, mask, dtype):
     mismatch, NaN/inf or negative values inside the mask, or a weight that is zero everywhere
     in the mask.
     """
-    w = np.asarray(weight)
-    if w.shape != mask.shape:
-        raise ValueError(f"weight shape {w.shape} does not match local_field shape {mask.shape}")
-    if w.dtype == bool:
-        w = w.astype(np.float64)
-    if not np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.complexfloating):
-        raise ValueError(f"weight must be a real array, got dtype {w.dtype}")
-    wm = w[mask].astype(np.float64)
-    if not np.all(np.isfinite(wm)):
-        raise ValueError("weight holds NaN/inf inside the mask")
-    if np.any(wm < 0):
-        raise ValueError("weight must be non-negative")
+    _, wm = _non_negative_in_mask(weight, mask, "weight")
     rms = float(np.sqrt(np.mean(wm * wm)))
     if rms == 0.0:
         raise ValueError("weight is zero everywhere inside the mask")
@@ -189,18 +197,7 @@ def padded_gradient_weight(gradient_weight, mask, dom):
 
     if gradient_weight is None:
         return UNIFORM
-    g = np.asarray(gradient_weight)
-    if g.shape != mask.shape:
-        raise ValueError(f"gradient_weight shape {g.shape} does not match local_field shape {mask.shape}")
-    if g.dtype == bool:
-        g = g.astype(np.float32)
-    if not np.issubdtype(g.dtype, np.number) or np.issubdtype(g.dtype, np.complexfloating):
-        raise ValueError(f"gradient_weight must be a real array, got dtype {g.dtype}")
-    gm = g[mask]
-    if not np.all(np.isfinite(gm)):
-        raise ValueError("gradient_weight holds NaN/inf inside the mask")
-    if np.any(gm < 0):
-        raise ValueError("gradient_weight must be non-negative")
+    g, _ = _non_negative_in_mask(gradient_weight, mask, "gradient_weight")
     inside = np.where(mask, g, 1).astype(dom.dtype)
     out = dom.pad(inside - 1)
     out += 1
