@@ -277,3 +277,21 @@ def test_head_accuracy(head):
 
 def test_default_alpha_documented():
     assert 1e-4 <= DEFAULT_ALPHA <= 1e-3
+
+
+@pytest.mark.parametrize("shape, box", [((24, 30, 27), (11, 17, 20)), ((24, 30, 28), (11, 17, 28)),
+                                        ((16, 18, 20), (16, 18, 20)), ((15, 9, 7), (1, 9, 1))])
+def test_box_irfft_is_the_cropped_inverse_transform(shape, box):
+    from chimap.invert._common import box_irfft
+
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=shape)
+    spec = sfft.rfftn(real)
+    got = box_irfft(shape, box, np.float64)(spec.copy(), overwrite=True)
+    assert got.shape == box and got.dtype == np.float64
+    np.testing.assert_allclose(got, real[: box[0], : box[1], : box[2]], atol=1e-12)
+    spec32 = spec.astype(np.complex64)
+    got32 = box_irfft(shape, box, np.float32)(spec32)
+    assert got32.dtype == np.float32
+    np.testing.assert_array_equal(spec32, spec.astype(np.complex64))  # input kept without overwrite
+    np.testing.assert_allclose(got32, real[: box[0], : box[1], : box[2]], atol=1e-5)

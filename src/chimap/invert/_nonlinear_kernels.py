@@ -70,11 +70,11 @@ def sine_residual(dchi, f, w2, scale, out):
 
 
 @njit(parallel=True, cache=True)
-def ndi_step(x, q, d, alpha, step, g_prev, nyquist_last):
+def ndi_step(x, q, d, alpha, step, g_prev, nyquist_last, xd):
     """One NDI gradient step in k-space (real-FFT half spectra), in place.
 
     ``g = 2 D Q + 2 alpha X`` (``Q`` the FFT of :func:`sine_residual`), ``X <- X - step * g``;
-    ``g`` is stored in ``g_prev``. Returns ``||g - g_prev_old|| / ||g||`` (Parseval weights:
+    ``g`` is stored in ``g_prev`` and ``D X`` (the spectrum of the next ``D chi``) in ``xd``. Returns ``||g - g_prev_old|| / ||g||`` (Parseval weights:
     planes of the last axis standing for two conjugate frequencies count twice; the zero plane,
     and the Nyquist plane when ``nyquist_last``, count once).
     """
@@ -99,7 +99,10 @@ def ndi_step(x, q, d, alpha, step, g_prev, nyquist_last):
                 a += wk * (dr * dr + di * di)
                 b += wk * (gr * gr + gi * gi)
                 g_prev[i, j, k] = gr + 1j * gi
-                x[i, j, k] = (xr - step * gr) + 1j * (xi - step * gi)
+                xr -= step * gr
+                xi -= step * gi
+                x[i, j, k] = xr + 1j * xi
+                xd[i, j, k] = dk * xr + 1j * (dk * xi)
         num += a
         den += b
     if den == 0.0:
