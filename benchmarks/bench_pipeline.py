@@ -2,7 +2,11 @@
 
 Cases (issue 3): GRE 4 echoes at 1 mm; single-echo 3D-EPI 1x1x2 mm at SNR ~45; 7 T with B0
 tilted 15 degrees (written into the affine); on request (``--cases challenge``) GRE on another
-anatomy, the QSM challenge 2.0 head model at 1.28 mm (needs ../shared/data). For each: the default preset with its own mask,
+anatomy, the QSM challenge 2.0 head model at 1.28 mm (needs ../shared/data); on request
+(``--cases robustness``) nine 2 mm-class heads that each change one condition (1.5 T; 7 T with
+a 30 degree tilt; SNR 15; 1.5 x 1.5 x 3 mm with oblique B0; one echo at TE 30 ms; two echoes; a
+smaller head with jittered anatomy; 2 x 2 x 3 mm 3D-EPI tilted 12 degrees; the challenge model at
+2 mm). For each: the default preset with its own mask,
 and the textbook chain (Laplacian unwrapping, V-SHARP, TKD 0.2) on the same data. Metrics
 against the true chi, both demeaned: NRMSE (%) over the true brain inside the estimate's mask
 (headline) and over the whole true brain (chi = 0 where the estimate's mask misses it);
@@ -11,7 +15,7 @@ the origin, and over the deep-grey ROI means); Dice of the estimate's mask with 
 Each case runs `chimap run` in a subprocess on files written by `chimap simulate head`, so wall
 time and peak memory are those of the command a user runs.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--cases gre epi tilt7t challenge] [--keep DIR]
+    .venv/bin/python benchmarks/bench_pipeline.py [--cases gre epi tilt7t challenge robustness ...] [--keep DIR]
         [--variant NAME=CONFIG.toml | NAME=preset:PRESET | NAME=PRESET@CONFIG.toml ...] [--no-textbook]
 
 ``--variant`` adds a row per case for `chimap run [--preset PRESET] [--config CONFIG.toml]` (e.g.
@@ -47,6 +51,24 @@ CASES = {
     "challenge": dict(kind="challenge", args=["--protocol", "gre", "--voxel-size", "1.28", "--snr", "100",
                                               "--segmentation-dir", str(SHARED_SEGMENTATION)]),
 }
+# the robustness set (``--cases robustness``): 2 mm-class heads that vary one condition each away
+# from the tuned cases, so that a default that only suits the cases above shows (fast: ~2 min)
+ROBUSTNESS = {
+    "r_1p5t": ["--voxel-size", "2", "--field-strength", "1.5", "--snr", "100",
+               "--echo-times", "0.008", "0.016", "0.024", "0.032"],
+    "r_7t_tilt30": ["--voxel-size", "2", "--field-strength", "7", "--b0-tilt", "30", "--snr", "80",
+                    "--echo-times", "0.004", "0.008", "0.012"],
+    "r_snr15": ["--voxel-size", "2", "--snr", "15"],
+    "r_aniso_oblique": ["--voxel-size", "1.5", "1.5", "3", "--b0-direction", "0.2", "0.3", "0.93", "--snr", "60"],
+    "r_single_te30": ["--voxel-size", "2", "--snr", "60", "--echo-times", "0.030"],
+    "r_two_echoes": ["--voxel-size", "2", "--snr", "60", "--echo-times", "0.006", "0.020"],
+    "r_small_head": ["--voxel-size", "2", "--snr", "80", "--vary-anatomy", "--scale", "0.88", "0.92", "0.9"],
+    "r_epi_tilt": ["--protocol", "epi", "--voxel-size", "2", "2", "3", "--b0-tilt", "12", "--snr", "40",
+                   "--echo-times", "0.025"],
+    "r_challenge_2mm": ["--voxel-size", "2", "--snr", "60", "--segmentation-dir", str(SHARED_SEGMENTATION)],
+}
+CASES.update({name: dict(kind="challenge" if "--segmentation-dir" in args else "head", args=args)
+              for name, args in ROBUSTNESS.items()})
 TEXTBOOK = """
 [unwrap]
 method = "laplacian"
@@ -104,12 +126,14 @@ def _evaluate(out_dir, truth_dir):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", nargs="+", default=["gre", "epi", "tilt7t"], choices=list(CASES))
+    p.add_argument("--cases", nargs="+", default=["gre", "epi", "tilt7t"], choices=[*CASES, "robustness"],
+                   help="cases to run; 'robustness' stands for the whole robustness set")
     p.add_argument("--keep", default=None, help="keep the simulated data and outputs in this folder")
     p.add_argument("--variant", nargs="+", default=[], metavar="NAME=CONFIG",
                    help="extra rows: chimap run [--preset PRESET] [--config CONFIG], labelled NAME")
     p.add_argument("--no-textbook", action="store_true", help="skip the textbook chain")
     args = p.parse_args()
+    args.cases = [c for case in args.cases for c in (ROBUSTNESS if case == "robustness" else [case])]
     variants = []
     for item in args.variant:
         name, sep, path = item.partition("=")
@@ -146,7 +170,7 @@ def main():
             wall, gb = _chimap("run", "--bids", str(anat), "-o", str(out), *extra)
             res = _evaluate(out, truth)
             rows.append((case, name, wall, gb, res))
-            print(f"{case:7} {name:11} NRMSE {res['nrmse']:6.1f} % (whole brain {res['nrmse_brain']:5.1f} %)  slope voxels {res['slope']:5.2f} "
+            print(f"{case:15} {name:11} NRMSE {res['nrmse']:6.1f} % (whole brain {res['nrmse_brain']:5.1f} %)  slope voxels {res['slope']:5.2f} "
                   f"deep-grey ROIs {res['roi_slope']:5.2f}  "
                   f"max |ROI err| {res['max_roi_ppb']:5.1f} ppb  Dice {res['dice']:.3f}  "
                   f"{wall:6.1f} s  {gb:5.2f} GB", flush=True)
