@@ -466,3 +466,17 @@ def test_detach_cuts_the_neck_below_an_open_foramen():
     assert without[low_neck].mean() > 0.9  # the neck leaks in without the detach step
     assert with_detach[low_neck].mean() < 0.05
     assert with_detach[brain].mean() > 0.97
+
+
+def test_brain_mask_refuses_a_fragmented_threshold_mask():
+    """An image with no background (a patch inside the brain): Otsu splits the tissue classes
+    into fragments that the opening removes; the mask is refused with a hint, not returned."""
+    rng = np.random.default_rng(0)
+    blocks = rng.random((8, 8, 8)) > 0.4  # grey/white-like blocks of 6 mm fill the whole field of view
+    mag = np.where(np.kron(blocks, np.ones((6, 6, 6), bool)), 1.0, 0.6).astype(np.float32)
+    mag += rng.normal(0, 0.02, mag.shape).astype(np.float32)
+    with pytest.raises(ValueError, match=r"kept \d+ of the \d+ voxels above the magnitude threshold.*--mask"):
+        brain_mask(np.abs(mag), None, 1.0)
+    # the hint works: without opening and erosion the tissue is kept
+    m = brain_mask(np.abs(mag), None, 1.0, open_mm=0, erode_mm=0, detach_mm=0)
+    assert m.mean() > 0.4

@@ -728,7 +728,8 @@ def choose_alpha(solve, local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0
         n_held = int(held.sum())
         if n_held < 20 or n_held == int(np.count_nonzero(base_w)):
             raise ValueError(f"too few voxels to hold out {holdout:g} of them for cross-validation "
-                             f"({n_held}); use another criterion")
+                             f"({n_held} of {int(np.count_nonzero(base_w))} weighted voxels in the mask): "
+                             f"check the mask, or give the weight as a number instead of 'auto'")
         w_solve = np.where(held, 0, base_w).astype(dtype)
         w2_held = base_w[held].astype(np.float64) ** 2
         info.update(holdout=holdout, seed=seed, n_holdout=n_held)

@@ -39,6 +39,13 @@ from .morphology import largest_component
 from .quality import quality_threshold_mask
 from .threshold import THRESHOLD_METHODS, compute_threshold, otsu_threshold
 
+#: The automatic mask must keep at least this fraction of the voxels above the magnitude
+#: threshold. On whole-head images brain is about half of them (0.50-0.63 measured on the
+#: simulated heads of ``benchmarks/bench_pipeline.py --cases robustness``); on a patch inside the
+#: brain with no background, Otsu splits grey from white matter and the opening keeps 0.04 %
+#: (``../shared/data/romeo_small``), a mask no later step can use.
+MIN_KEPT_FRACTION = 0.05
+
 __all__ = ["brain_mask", "combine_echoes", "homogenize"]
 
 _FILL_MODES = {True: "both", "both": "both", "3d": "3d", "slices": "slices"}
@@ -302,7 +309,8 @@ def _from_magnitude(mag, vs, *, method, threshold, factor, percentile, echo_comb
     # detach scalp and face: erode, keep the largest part, grow back inside the threshold mask
     core = largest_component(_erode(head, vs, radius_mm=r_open)) if r_open > 0 else head
     if not core.any():
-        raise ValueError(f"the mask vanished when eroded by open_mm={r_open} mm: lower open_mm")
+        raise ValueError(f"the mask vanished when eroded by open_mm={r_open} mm: lower open_mm (for an image "
+                         f"without background, a slab or patch inside the brain, give a mask with --mask)")
     if r_open > 0:
         core = _dilate(core, vs, radius_mm=r_open) & head
     out = largest_component(core)
@@ -312,4 +320,11 @@ def _from_magnitude(mag, vs, *, method, threshold, factor, percentile, echo_comb
         out = largest_component(_erode(out, vs, radius_mm=r_erode))
         if not out.any():
             raise ValueError(f"the mask vanished when eroded by erode_mm={r_erode} mm: lower erode_mm")
+    kept, above = int(np.count_nonzero(out)), int(np.count_nonzero(head))
+    if kept < MIN_KEPT_FRACTION * above:
+        raise ValueError(
+            f"the brain mask kept {kept} of the {above} voxels above the magnitude threshold: the threshold "
+            f"split the tissue into fragments, as on an image without background (a slab or patch inside the "
+            f"brain), which the opening and erosion then removed; give a mask (--mask), or set open_mm = 0 and "
+            f"erode_mm = 0 (and detach_mm = 0) in [mask]")
     return out
