@@ -74,9 +74,10 @@ def ndi_step(x, q, d, alpha, step, g_prev, nyquist_last, xd):
     """One NDI gradient step in k-space (real-FFT half spectra), in place.
 
     ``g = 2 D Q + 2 alpha X`` (``Q`` the FFT of :func:`sine_residual`), ``X <- X - step * g``;
-    ``g`` is stored in ``g_prev`` and ``D X`` (the spectrum of the next ``D chi``) in ``xd``. Returns ``||g - g_prev_old|| / ||g||`` (Parseval weights:
-    planes of the last axis standing for two conjugate frequencies count twice; the zero plane,
-    and the Nyquist plane when ``nyquist_last``, count once).
+    ``g`` is stored in ``g_prev`` and ``D X`` (the spectrum of the next ``D chi``) in ``xd``.
+    Returns ``||g - g_prev_old|| / ||g||`` (Parseval weights: planes of the last axis standing
+    for two conjugate frequencies count twice; the zero plane, and the Nyquist plane when
+    ``nyquist_last``, count once).
     """
     n0, n1, n2 = x.shape
     num = 0.0

@@ -100,10 +100,11 @@ fit that misses the near-cone content of large uniform sources (a 10 mm sphere k
 
 Deviations: the iterate is kept in k-space (one forward and one inverse real FFT per
 iteration; the inverse is computed only on the mask's bounding box, where ``D chi`` is used,
-and the step writes the next ``D chi`` spectrum in the same pass); the weight is zero outside the mask (chimap's convention, as in ``tv_admm``: the
-field is not fitted there), while the authors' script weights the whole field of view with the
-magnitude and FANSI's ``ndi.m`` with 1, i.e. fit a zero field outside the mask (on the
-simulated head that is worse: 63 % NRMSE at 1.5 mm after 100 iterations).
+and the step writes the next ``D chi`` spectrum in the same pass); the weight is zero outside
+the mask (chimap's convention, as in ``tv_admm``: the field is not fitted there), while the
+authors' script weights the whole field of view with the magnitude and FANSI's ``ndi.m`` with
+1, i.e. fit a zero field outside the mask (on the simulated head that is worse: 63 % NRMSE at
+1.5 mm after 100 iterations).
 """
 
 from __future__ import annotations
