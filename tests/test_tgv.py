@@ -360,3 +360,34 @@ def test_coarse_start_speeds_up_convergence():
     assert info["coarse"] is None
     with pytest.raises(ValueError, match="coarse_levels"):
         tgv_qsm(phase, mask, vs, echo_time=0.02, field_strength=3.0, iterations=5, coarse_levels=-1)
+
+
+def test_solver_loop_reports_its_final_psi_and_w():
+    """``_solve(..., state=dict)`` hands back the loop's final psi and w (benchmarks/tgv_objective.py
+    evaluates the model's objective with them): three iterations from zero, against the kernels."""
+    from scipy import ndimage
+
+    from chimap.tgv.solver import _solve
+
+    rng, m, m0 = _random_state((11, 12, 13), seed=4)
+    f32 = np.float32
+    m, m0 = m.astype(f32), m0.astype(f32)
+    lapphi = (rng.standard_normal(m.shape) * m0).astype(f32)
+    axial, mixed = O.dipole_stencil(VS, B0)
+    sigma, tau = np.array([0.04, 0.2, 0.3]), np.array([0.05, 0.06, 0.1, 0.12, 0.14])
+    state = {}
+    chi, _ = _solve(lapphi, m, m0, 1.0 / VS, axial, mixed, sigma, tau, 0.3, 0.2, 3, None, 1, None, state=state)
+    shape = m.shape
+    c, cb, s, sb, e = (np.zeros(shape, f32) for _ in range(5))
+    w, wb, p = (np.zeros((3,) + shape, f32) for _ in range(3))
+    q = np.zeros((6,) + shape, f32)
+    args = tuple(np.asarray(a, f32) for a in (1.0 / VS, 1.0 / VS ** 2, axial, mixed))
+    dual_span = row_spans(m > 0)
+    primal_span = row_spans(ndimage.binary_dilation(m > 0, np.ones((3, 3, 3), bool)))
+    for _ in range(3):
+        K.dual_step(cb, sb, wb, e, p, q, lapphi, m, m0, *args, sigma.astype(f32), f32(0.3), f32(0.2), dual_span)
+        K.primal_step(e, p, q, c, s, w, cb, sb, wb, m, m0, *args, tau.astype(f32), primal_span)
+    assert np.abs(s).max() > 0 and np.abs(w).max() > 0
+    np.testing.assert_array_equal(chi, c)
+    np.testing.assert_array_equal(state["psi"], s)
+    np.testing.assert_array_equal(state["w"], w)

@@ -486,9 +486,10 @@ def row_spans(active):
 
 
 def _solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_iter, tol, check_every, progress,
-           chi0=None):
+           chi0=None, state=None):
     """The primal-dual iterations on the working grid (from ``chi0``, rad, when given; else 0);
-    returns chi (rad) and a record."""
+    returns chi (rad) and a record. A dict ``state`` receives the final ``psi`` and ``w`` (for
+    evaluating the objective, benchmarks/tgv_objective.py)."""
     shape = lapphi.shape
     f32 = np.float32
     chi, chib, psi, psib = (np.zeros(shape, f32) for _ in range(4))
@@ -515,6 +516,8 @@ def _solve(lapphi, m, m0, inv_h, axial, mixed, sigma, tau, alpha1, alpha0, n_ite
                       primal_span)
         if monitor.due(it) and monitor.stop(it, float(K.relative_change(chi, ref, m))):
             break
+    if state is not None:
+        state.update(psi=psi.astype(np.float64), w=w.astype(np.float64))
     return chi.astype(np.float64), monitor.record(it)
 
 
