@@ -18,11 +18,13 @@ between two results F is at most the larger of their values. Starts:
 - ``classical``: the chi of LBV + weak-harmonic TV (alpha="auto") on the same total field;
 - ``truth``: the true chi (an oracle, to probe the model, not a method).
 
-The last line evaluates F and NRMSE halfway between the lowest-F result and the truth-started
-one: when F hardly changes while NRMSE does, the model does not pin chi down to that accuracy.
+The last lines evaluate F and NRMSE halfway between the lowest-F result and the truth-started
+one, and between it and the classical-started one (by convexity F there is at most the mean of
+the two; much lower means both results sit on opposite walls of a valley the iteration has not
+reached), and with ``--continue-halfway N`` iterate N times from each halfway point.
 
     .venv/bin/python benchmarks/tgv_objective.py [--voxel-size 2] [--iterations 2000 8000]
-        [--starts zero coarse classical truth]
+        [--starts zero coarse classical truth] [--continue-halfway N]
 
 About 3 min at 2 mm with the defaults (2 cores); 1 mm takes about 15 min.
 """
@@ -117,6 +119,8 @@ def main():
     p.add_argument("--voxel-size", type=float, default=2.0, help="mm (isotropic)")
     p.add_argument("--iterations", type=int, nargs="+", default=[2000, 8000])
     p.add_argument("--starts", nargs="+", default=list(STARTS), choices=STARTS)
+    p.add_argument("--continue-halfway", type=int, default=0, metavar="N",
+                   help="also iterate N times from each halfway point")
     args = p.parse_args()
 
     head = simulate_head(voxel_size=args.voxel_size, snr=None, rng=11)
@@ -136,36 +140,44 @@ def main():
             starts[name] = {"zero": None, "coarse": None, "truth": np.where(brain, truth, 0)}[name]
     print(f"{args.voxel_size:g} mm head, noise-free total field, TGV-QSM preset julia "
           f"(coarse start: {levels} level(s))")
-    results = []
     matrix = None
+    results = []
+
+    def solve(label, chi0, n_iter, coarse_levels=0):
+        nonlocal matrix
+        t0 = time.perf_counter()
+        with Capture() as cap:
+            chi, info = solver.tgv_qsm(phase, brain, vs, echo_time=ECHO_TIME, field_strength=head.field_strength,
+                                       b0_direction=b0, laplacian="plain", iterations=n_iter,
+                                       coarse_levels=coarse_levels, return_info=True, _chi0=chi0)
+        seconds = time.perf_counter() - t0
+        if matrix is None:
+            matrix = masked_laplacian(cap.last["m"], cap.last["m0"], cap.last["h"])
+        f, data, first, second = objective(cap.last, b0, matrix)
+        score = nrmse(chi, truth, info["mask"])
+        print(f"start {label:9} {n_iter:6d} iterations  NRMSE {score:5.1f} %  F {f:9.4g}  (data {data:.4g}, "
+              f"first order {first:.4g}, second order {second:.4g})  {seconds:5.0f} s", flush=True)
+        return dict(f=f, label=label, iterations=n_iter, nrmse=score, state=cap.last, chi=chi, mask=info["mask"])
+
     for n_iter in args.iterations:
         for name, chi0 in starts.items():
-            t0 = time.perf_counter()
-            with Capture() as cap:
-                chi, info = solver.tgv_qsm(phase, brain, vs, echo_time=ECHO_TIME, field_strength=head.field_strength,
-                                           b0_direction=b0, laplacian="plain", iterations=n_iter,
-                                           coarse_levels=levels if name == "coarse" else 0, return_info=True,
-                                           _chi0=chi0)
-            seconds = time.perf_counter() - t0
-            if matrix is None:
-                matrix = masked_laplacian(cap.last["m"], cap.last["m0"], cap.last["h"])
-            f, data, first, second = objective(cap.last, b0, matrix)
-            score = nrmse(chi, truth, info["mask"])
-            results.append((f, name, n_iter, score, cap.last, chi, info["mask"]))
-            print(f"start {name:9} {n_iter:6d} iterations  NRMSE {score:5.1f} %  F {f:9.4g}  (data {data:.4g}, "
-                  f"first order {first:.4g}, second order {second:.4g})  {seconds:5.0f} s", flush=True)
-    best = min(results, key=lambda r: r[0])
-    oracle = [r for r in results if r[1] == "truth" and r[2] == max(args.iterations)]
-    if oracle and oracle[0] is not best:
-        mid = {key: best[4][key] for key in ("lapphi", "m", "m0", "h", "alpha1", "alpha0")}
-        mid["chi"] = 0.5 * (best[4]["chi"] + oracle[0][4]["chi"])
-        mid["w"] = 0.5 * (best[4]["w"] + oracle[0][4]["w"])
-        f = objective(mid, b0, matrix)[0]
-        score = nrmse(0.5 * (best[5] + oracle[0][5]), truth, best[6])
-        print(f"halfway between the lowest F (start {best[1]}, {best[2]} iterations: F {best[0]:.4g}, NRMSE "
-              f"{best[3]:.1f} %) and start truth ({oracle[0][2]} iterations: F {oracle[0][0]:.4g}, NRMSE "
-              f"{oracle[0][3]:.1f} %): F {f:.4g}, NRMSE {score:.1f} %")
-
+            results.append(solve(name, chi0, n_iter, levels if name == "coarse" else 0))
+    best = min(results, key=lambda r: r["f"])
+    for partner in ("truth", "classical"):
+        other = [r for r in results if r["label"] == partner and r["iterations"] == max(args.iterations)]
+        if not other or other[0] is best:
+            continue
+        other = other[0]
+        mid = {key: best["state"][key] for key in ("lapphi", "m", "m0", "h", "alpha1", "alpha0")}
+        mid["chi"] = 0.5 * (best["state"]["chi"] + other["state"]["chi"])
+        mid["w"] = 0.5 * (best["state"]["w"] + other["state"]["w"])
+        halfway = 0.5 * (best["chi"] + other["chi"])
+        print(f"halfway between the lowest F (start {best['label']}, {best['iterations']} iterations: F "
+              f"{best['f']:.4g}, NRMSE {best['nrmse']:.1f} %) and start {partner} ({other['iterations']} iterations: "
+              f"F {other['f']:.4g}, NRMSE {other['nrmse']:.1f} %): F {objective(mid, b0, matrix)[0]:.4g}, NRMSE "
+              f"{nrmse(halfway, truth, best['mask']):.1f} %", flush=True)
+        if args.continue_halfway:
+            solve(f"halfway {best['label']}+{partner}", halfway, args.continue_halfway)
 
 if __name__ == "__main__":
     main()

@@ -64,12 +64,26 @@ TGV's NRMSE rises from 51.6 % (``laplacian="plain"`` on the unwrapped phase) to 
 ``chimap run --preset tgv`` therefore feeds TGV the unwrapped, echo-combined field (``[invert]
 input = "field"``); ``input = "phase"`` is the paper's single step.
 
-The primal-dual iteration from zero converges slowly: on that problem the minimiser is far
-better than what the published iteration counts reach (started from the true chi the iterates
-stay at 18-26 % NRMSE over 20000 iterations; started from zero they are at 50 % after 2500 and
-48 % after 15000). On that 2 mm head, step-size balancing, a start from the 4 mm solution,
+The primal-dual iteration stops far from the model's minimiser at the published iteration
+counts, from any start, and the model itself does not pin chi down near its minimum.
+``benchmarks/tgv_objective.py`` evaluates the objective ``F`` (``psi`` eliminated exactly) on a
+head's noise-free total field (``laplacian="plain"``, this preset's parameters):
+
+- 2 mm, 8000 iterations: ``F`` 47.4 from zero (NRMSE 56.2 %), 34.5 from the coarse start
+  (53.2 %), 32.7 from the LBV + weak-harmonic TV result (42.4 %), 33.0 from the true chi
+  (29.4 %). Halfway between the coarse start's 2000-iteration result (``F`` 32.4, 49.9 %) and
+  the truth-started one ``F`` is 26.5 (34.2 %), below every iterate: the iterates sit on
+  opposite walls of a valley that the iteration crosses very slowly. From that halfway point
+  2000 more iterations give ``F`` 27.0 at 35.1 %; from halfway towards the classical-started
+  result, ``F`` 27.0 at 42.9 %. So the valley floor spans 35-43 % (the classical result: 36.3 %).
+  Averaging the iterates does not help (an ad-hoc run: ``F`` 36.7 for the mean of the second
+  half of 2000 iterations from the coarse start).
+- 1 mm, 1655 iterations (2 coarse levels): ``F`` 872 from the coarse start (49.1 %), 1663 from
+  the classical result (32.9 %), 1544 from the true chi (13.6 %).
+
+Earlier attempts on the 2 mm head: step-size balancing, a start from the 4 mm solution,
 continuation of the ``psi`` weight and an FFT preconditioner of the ``eta`` step each gained at
-most 3 points; at 1 mm the coarse-grid start below gains 7-12 points.
+most 3 NRMSE points; at 1 mm the coarse-grid start below gains 7-12 points.
 
 Coarse-grid start
 -----------------
