@@ -79,7 +79,10 @@ head's noise-free total field (``laplacian="plain"``, this preset's parameters):
   Averaging the iterates does not help (an ad-hoc run: ``F`` 36.7 for the mean of the second
   half of 2000 iterations from the coarse start).
 - 1 mm, 1655 iterations (2 coarse levels): ``F`` 872 from the coarse start (49.1 %), 1663 from
-  the classical result (32.9 %), 1544 from the true chi (13.6 %).
+  the classical result (32.9 %), 1544 from the true chi (13.6 %); halfway between the first and
+  the last 1164 (28.0 %), near the mean of the two: no valley on that segment, and lowering
+  ``F`` from the truth-started result leads towards the preset's 49 %. Here the objective
+  itself prefers the less accurate chi.
 
 Earlier attempts on the 2 mm head: step-size balancing, a start from the 4 mm solution,
 continuation of the ``psi`` weight and an FFT preconditioner of the ``eta`` step each gained at
