@@ -103,3 +103,18 @@ def test_sidecar_records_the_automatic_choice_and_medi_gets_the_magnitude(files,
     assert cli.main(["-q", "invert", str(root / "local.nii.gz"), "--mask", str(root / "mask.nii.gz"),
                      "--method", "tkd", "-o", str(fixed)]) == 0
     assert json.loads((tmp_path / "chi_tkd.json").read_text())["chosen_from_data"] == {}
+
+
+def test_sidecar_records_rts_cross_validated_lsmr_count(files, tmp_path):
+    import json
+
+    root, _ = files
+    out = tmp_path / "chi_rts.nii.gz"
+    assert cli.main(["-q", "invert", str(root / "local.nii.gz"), "--mask", str(root / "mask.nii.gz"),
+                     "--method", "rts", "--set", "lsmr_iter=auto", "-o", str(out)]) == 0
+    rec = json.loads((tmp_path / "chi_rts.json").read_text())
+    chosen = rec["chosen_from_data"]
+    assert rec["parameters"]["lsmr_iter"] == "auto"
+    sel = chosen["iteration_selection"]
+    assert chosen["lsmr_iter"] == sel["lsmr_iter"] == int(np.argmin(sel["cv_rmse"])) + 1
+    assert sel["criterion"] == "cv" and 0.07 < _contrast(out) < 0.12

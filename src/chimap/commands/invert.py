@@ -26,7 +26,8 @@ def add_arguments(parser) -> None:
                         help="magnitude (3-D, or 4-D echoes last) for a magnitude-weighted data term")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a keyword argument of the method (repeatable), e.g. --set alpha=5e-4, "
-                             "--set alpha=auto, --set lam=auto (medi), --set max_iter=auto (ndi)")
+                             "--set alpha=auto, --set lam=auto (medi), --set max_iter=auto (ndi), "
+                             "--set lsmr_iter=auto (rts)")
     parser.add_argument("-o", "--output", required=True, metavar="CHI",
                         help="output chi map (.nii.gz, ppm); a JSON sidecar beside it records the method, "
                              "its parameters and what was chosen from the data")

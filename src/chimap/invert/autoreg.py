@@ -113,8 +113,10 @@ __all__ = ["AUTOMATIC_PARAMETERS", "CRITERIA", "DEFAULT_SWEEPS", "invert_recordi
            "warm_solver", "warm_sweep"]
 
 #: Inversion parameters that can be chosen from the data ("auto"), each with the key of its
-#: selection record in the inversion's ``info`` (MEDI's ``lam``; NDI's stopping iteration).
-AUTOMATIC_PARAMETERS = {"alpha": "alpha_selection", "lam": "lam_selection", "max_iter": "iteration_selection"}
+#: selection record in the inversion's ``info`` (MEDI's ``lam``; NDI's stopping iteration; RTS's LSMR
+#: count).
+AUTOMATIC_PARAMETERS = {"alpha": "alpha_selection", "lam": "lam_selection", "max_iter": "iteration_selection",
+                        "lsmr_iter": "iteration_selection"}
 
 #: Criteria accepted by :func:`choose_alpha` and by ``alpha="auto:<criterion>"``.
 CRITERIA = ("cv", "frequency", "lcurve", "inflection")

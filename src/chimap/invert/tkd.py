@@ -58,7 +58,9 @@ def tkd(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), threshol
     threshold : float
         Truncation level of ``|D|``, in (0, 2/3); 0.2 is the usual brain value (Wharton 2010
         used 0.2, QSM.jl 0.15 by default). Smaller values give less underestimation and more
-        streaking.
+        streaking. There is no automatic choice: generalised cross-validation, exact for this
+        filter, truncated more and scored worse than 0.2 on every simulated head tried (notes
+        of ``benchmarks/accuracy.py``).
     pad_factor : float or sequence of 3 float
         The mask's bounding box is zero padded to at least this factor times its length on
         every axis (>= 1) to avoid wrap-around.
