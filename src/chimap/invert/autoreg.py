@@ -4,15 +4,18 @@ The regularised inversions :func:`~chimap.invert.tikhonov`, :func:`~chimap.inver
 :func:`~chimap.invert.tv_admm_wh`, :func:`~chimap.invert.nltv` and
 :func:`~chimap.invert.star_qsm` accept ``alpha="auto"`` (the method's default criterion) or
 ``alpha="auto:<criterion>"``, :func:`~chimap.invert.medi` ``lam="auto"`` (its data weight, the
-inverse of a regularisation weight) and :func:`~chimap.invert.ndi` ``max_iter="auto"`` (NDI is
-regularised by its stopping iteration): the weight is chosen by a sweep scored by one of the
-criteria below, the inversion is solved at the chosen weight, and with ``return_info=True``
-``info["alpha"]`` (``"lam"``, ``"max_iter"``) holds the choice and ``info["alpha_selection"]``
+inverse of a regularisation weight), :func:`~chimap.invert.ndi` ``max_iter="auto"`` (NDI is
+regularised by its stopping iteration) and :func:`~chimap.invert.rts` ``lsmr_iter="auto"`` (the
+early stop of its step 1): the weight is chosen by a sweep scored by one of the criteria below
+(the stopping iterations by hold-out cross-validation along one run), the inversion is solved
+at the chosen weight, and with ``return_info=True`` ``info["alpha"]`` (``"lam"``,
+``"max_iter"``, ``"lsmr_iter"``) holds the choice and ``info["alpha_selection"]``
 (``"lam_selection"``, ``"iteration_selection"``) the sweep (weights, the data and regulariser
 terms, the criterion's curve), for the provenance record. Other inversions are wired by one
 line, :func:`resolve_alpha` with a ``solve(alpha, field, mask, voxel_size, weight)`` callable.
-TKD and TSVD (a truncation threshold), iLSQR (early-stopped LSQR with data-driven thresholds)
-and RTS (the paper's fixed parameters) have no weight chosen here.
+TKD and TSVD (a truncation threshold: generalised cross-validation of it scored worse than
+the usual 0.2 on simulated heads, notes of ``benchmarks/accuracy.py``) and iLSQR
+(early-stopped LSQR with data-driven thresholds) have no weight chosen here.
 
 Criteria
 --------
