@@ -642,14 +642,15 @@ METHOD_NOTES = """\
   `sigma = m_1 / SNR` and `f_ppm` = 127.7 Hz/ppm at 3 T. The level is printed above each table.
 - **Tilt.** The head is pitched about voxel axis I relative to B0 and *simulated* with that B0
   direction; every method receives the oblique B0 direction in voxel axes.
-- **Inputs per method.** `b0_direction` always; the RMS magnitude over echoes where a method takes
-  `magnitude`; where it takes `weight`, the data weight that matches the noise: uniform in case
-  (a) (white noise), the default preset's magnitude weight (RMS magnitude, mean 1 in the mask) in
-  case (b); with `--alpha auto` the regularisation chosen from the data where a method offers
-  it: `alpha="auto"` (Tikhonov: generalised cross-validation; TV-ADMM, weak-harmonic TV,
+- **Inputs per method.** `b0_direction` always; the RMS magnitude over echoes where a method
+  takes `magnitude`; where it takes `weight`, the data weight that matches the noise: uniform in
+  case (a) (white noise), the default preset's magnitude weight (RMS magnitude, mean 1 in the
+  mask) in case (b); with `--alpha auto` the regularisation chosen from the data where a method
+  offers it: `alpha="auto"` (Tikhonov: generalised cross-validation; TV-ADMM, weak-harmonic TV,
   nonlinear TV and STAR-QSM's weak level: hold-out cross-validation of the field), MEDI's
   `lam="auto"`, NDI's `max_iter="auto"` (its stopping iteration, the regulariser of NDI) and
-  RTS's `lsmr_iter="auto"` (step 1's early stop); the row then says so, with the chosen value; everything else at each method's defaults.
+  RTS's `lsmr_iter="auto"` (step 1's early stop); the row then says so, with the chosen value;
+  everything else at each method's defaults.
 - **Referencing.** Estimate and truth are each demeaned over the evaluation mask (whole-brain
   referencing) and set to zero outside it; every metric sees these two maps. Evaluation mask:
   (a) the eroded brain mask the methods received; (b) the pipeline mask inside the true brain.
@@ -661,16 +662,16 @@ METHOD_NOTES = """\
   column in bold (mQSM Table 1 layout; single values, one simulated head per table).
 - **Time** is the wall time of the inversion call alone on this machine (shared cores: treat it
   as an upper bound); for the default-preset row it is the pipeline's inversion step.
-- **Methods without a data-driven parameter.** TKD and TSVD (threshold 0.2, the common
-  choice of Wharton et al. 2010) and iLSQR (its regularisation is the early stop of LSQR at the
-  paper's tolerance, and its streaking estimate takes its thresholds from percentiles of the
-  data, as the paper does) run at their published defaults. A truncation threshold can be
-  chosen by generalised cross-validation, exactly for these k-space filters; an implementation
-  of that (not kept) tried on these heads (the four true-local-field cases and the challenge
-  pipeline case) chose 0.27-0.40 for TKD and 0.17-0.25 for TSVD: TKD 1.2-4.1 NRMSE points
-  worse than at 0.2 in every case, TSVD better in three cases and worse in two. The zero field outside the mask puts energy near the magic cone that
-  GCV reads as noise, so it truncates more than the streaking needs; chimap offers no
-  automatic threshold for that reason.
+- **Methods without a data-driven parameter.** TKD and TSVD (threshold 0.2, the common choice of
+  Wharton et al. 2010) and iLSQR (its regularisation is the early stop of LSQR at the paper's
+  tolerance, and its streaking estimate takes its thresholds from percentiles of the data, as
+  the paper does) run at their published defaults. A truncation threshold can be chosen by
+  generalised cross-validation, exactly for these k-space filters; an implementation of that
+  (not kept) tried on these heads (the four true-local-field cases and the challenge pipeline
+  case) chose 0.27-0.40 for TKD and 0.17-0.25 for TSVD: TKD 1.2-4.1 NRMSE points worse than at
+  0.2 in every case, TSVD better in three cases and worse in two. The zero field outside the
+  mask puts energy near the magic cone that GCV reads as noise, so it truncates more than the
+  streaking needs; chimap offers no automatic threshold for that reason.
 - **RTS** runs at the paper's delta 0.15 and mu 1e5 (its TV weight acts only inside the
   magic-cone region that step 2 fills in, so the field cannot cross-validate it); its data-driven
   parameter is step 1's LSMR count, the early stop that regularises it (`lsmr_iter="auto"`:
