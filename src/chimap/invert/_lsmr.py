@@ -17,11 +17,9 @@ import math
 
 import numpy as np
 
+from .ilsqr import _dot  # inner product accumulated in float64, shared with iLSQR's LSQR
+
 __all__ = ["lsmr_iterates"]
-
-
-def _dot(a, b):
-    return float(np.sum(a * b, dtype=np.float64))
 
 
 def lsmr_iterates(apply_a, apply_at, b, max_iter, observe=None):
