@@ -15,6 +15,33 @@ with ``L`` the 7-point Laplacian (1/mm^2), ``M_h`` the region where ``phi`` must
 pointwise, and the joint ``(chi, phi)`` update is an exact 2 x 2 solve per frequency (the
 operators ``D``, ``G^T G`` and ``L`` are all diagonal in k-space); 3 forward and 3 inverse
 real FFTs per iteration (tv_admm: 2 + 2).
+
+What the field cannot tell
+--------------------------
+A susceptibility whose field is harmonic inside the mask cannot be told from a background field
+there: every ``chi`` with ``lap(chi) / 3 = (b . grad)^2 chi`` inside the mask, such as linear
+ramps and the bowl ``r^2`` (``tests/test_forward.py``). Background removal takes its field out,
+and ``phi`` absorbs it at no cost whatever ``beta``, so the data leave these components of chi
+free and the prior sets them; TV flattens them (on the simulated head, the TV of the true chi
+falls steadily as a bowl ``-c r^2`` is added, up to 12 ppb at 70 mm, the most tried). Measured on the simulated 3D-EPI head (1 x 1
+x 2 mm, noise-free fields, the ``chimap invert`` defaults; true white/grey matter -19.5/9.5 ppb;
+the least-squares ``r^2`` component of the error, from the mask's centre to 70 mm):
+
+============================================  ==================  =============
+input, inversion                              white/grey (ppb)    bowl (ppb)
+============================================  ==================  =============
+true local field, TV (``tv_admm``)            -17.9 / 8.6         -2.3
+true local field, this function               -14.4 / 6.5         -7.3
+LBV of the true total field, TV               -11.8 / 5.2         -11.3
+LBV of the true total field, this function    -11.8 / 5.4         -7.2
+============================================  ==================  =============
+
+So about 40 % of the white/grey contrast is lost with the harmonic part of the local field,
+by any background removal, and ``beta`` cannot bring it back (``beta`` = 1e4: -16.1 / 7.2 on
+the true local field, bowl about the same). Nor can the data choose ``beta``: on each of the
+nine 2 mm heads of ``benchmarks/bench_pipeline.py --cases robustness``, the held-out field error
+of the automatic ``alpha`` was smallest at the freest ``phi`` (``beta`` = 100, against 1e6 and
+3e6 times ``alpha``), whatever the accuracy of chi.
 """
 
 from __future__ import annotations
