@@ -25,14 +25,15 @@ and ``phi`` absorbs it at no cost whatever ``beta``, so the data leave these com
 free and the prior sets them; TV flattens them (on the simulated head, the TV of the true chi
 falls steadily as a bowl ``-c r^2`` is added, up to 12 ppb at 70 mm, the most tried). Measured on the simulated 3D-EPI head (1 x 1
 x 2 mm, noise-free fields, the ``chimap invert`` defaults; true white/grey matter -19.5/9.5 ppb;
-the least-squares ``r^2`` component of the error, from the mask's centre to 70 mm):
+the least-squares ``r^2`` component of the error, from the mask's centre to 70 mm;
+``benchmarks/harmonic_components.py``):
 
 ============================================  ==================  =============
 input, inversion                              white/grey (ppb)    bowl (ppb)
 ============================================  ==================  =============
 true local field, TV (``tv_admm``)            -17.9 / 8.6         -2.3
 true local field, this function               -14.4 / 6.5         -7.3
-LBV of the true total field, TV               -11.8 / 5.2         -11.3
+LBV of the true total field, TV               -11.8 / 5.2         -11.2
 LBV of the true total field, this function    -11.8 / 5.4         -7.2
 ============================================  ==================  =============
 
