@@ -93,6 +93,19 @@ def _chimap(*args):
     return float(wall), int(kb) / 1024**2
 
 
+def simulate_case(root, case):
+    """``root/case/sim``, simulated by `chimap simulate` unless it is there already; None where
+    the case needs ``../shared/data`` and it is absent."""
+    sim = Path(root) / case / "sim"
+    if not (sim / "derivatives").exists():
+        kind = CASES[case].get("kind", "head")
+        if kind == "challenge" and not SHARED_SEGMENTATION.exists():
+            return None
+        lesions = ["--lesions", "10"] if kind == "head" else []
+        _chimap("simulate", kind, "-o", str(sim), *lesions, "--seed", "11", *CASES[case]["args"])
+    return sim
+
+
 def _evaluate(out_dir, truth_dir):
     import nibabel as nib
 
@@ -150,14 +163,10 @@ def main():
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="chimap-bench-"))
     rows = []
     for case in args.cases:
-        sim = root / case / "sim"
-        if not (sim / "derivatives").exists():
-            kind = CASES[case].get("kind", "head")
-            if kind == "challenge" and not SHARED_SEGMENTATION.exists():
-                print(f"{case}: skipped ({SHARED_SEGMENTATION} not found)")
-                continue
-            lesions = ["--lesions", "10"] if kind == "head" else []
-            _chimap("simulate", kind, "-o", str(sim), *lesions, "--seed", "11", *CASES[case]["args"])
+        sim = simulate_case(root, case)
+        if sim is None:
+            print(f"{case}: skipped ({SHARED_SEGMENTATION} not found)")
+            continue
         anat = sim / "sub-sim" / "anat"
         truth = sim / "derivatives" / "truth" / "sub-sim" / "anat"
         cfg = root / "textbook.toml"

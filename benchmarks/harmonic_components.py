@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import CASES, DEEP_GREY, SHARED_SEGMENTATION, _chimap  # noqa: E402
+from bench_pipeline import CASES, DEEP_GREY, SHARED_SEGMENTATION, _chimap, simulate_case  # noqa: E402
 
 WHITE_MATTER, CORTICAL_GREY = 1, 2
 BOWL_RADIUS_MM = 70.0
@@ -78,13 +78,9 @@ def main(argv=None):
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="chimap-harmonic-"))
     case = root / args.case
-    sim = case / "sim"
-    if not (sim / "derivatives").exists():
-        kind = CASES[args.case].get("kind", "head")
-        if kind == "challenge" and not SHARED_SEGMENTATION.exists():
-            p.error(f"{args.case} needs {SHARED_SEGMENTATION}")
-        lesions = ["--lesions", "10"] if kind == "head" else []
-        _chimap("simulate", kind, "-o", str(sim), *lesions, "--seed", "11", *CASES[args.case]["args"])
+    sim = simulate_case(root, args.case)
+    if sim is None:
+        p.error(f"{args.case} needs {SHARED_SEGMENTATION}")
     anat = sim / "sub-sim" / "anat"
     truth_dir = sim / "derivatives" / "truth" / "sub-sim" / "anat"
     run = case / "harmonic-run"

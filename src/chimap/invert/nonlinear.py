@@ -115,6 +115,7 @@ from ..kernels import dipole_kernel
 from ..units import ppm_to_rad
 from . import _nonlinear_kernels as NK
 from ._common import box_irfft, check_inversion_inputs, check_positive, check_weight, real_fft_pair
+from ._holdout import draw_held_out, parse_iteration_count, past_minimum, selection_record
 from .autoreg import parse_alpha, warm_sweep
 from .tv import DEFAULT_ALPHA, DEFAULT_CRITERION, _TVADMM
 
@@ -353,9 +354,7 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
     alpha = check_positive(alpha, "alpha")
     step = check_positive(step, "step")
     tol = check_positive(tol, "tol")
-    auto = isinstance(max_iter, str) and max_iter.strip().lower() == "auto"
-    if not auto:
-        max_iter = check_positive(max_iter, "max_iter", integer=True)
+    max_iter = parse_iteration_count(max_iter, "max_iter")  # None: "auto"
     if step * (4.0 / 9.0 + alpha) >= 1.0:
         raise ValueError(f"step must be below 1 / (4/9 + alpha) = {1.0 / (4.0 / 9.0 + alpha):.4g} "
                          f"for the gradient descent to be stable, got {step!r}")
@@ -388,7 +387,7 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
             dchi = ifft(xd, overwrite=True)  # D chi on the box
             if held is not None and it > 1:  # residual of the previous step's chi
                 errors.append(_held_out_rmse(dchi[held_box], f_held, w2_held, scale))
-                if len(errors) - 1 - int(np.argmin(errors)) >= patience:
+                if past_minimum(errors, patience):
                     break
             NK.sine_residual(dchi, f_box, w2_box, scale, q_box)
             change = NK.ndi_step(x, fft(q), d, alpha, step, g_prev, nyquist_last, xd)
@@ -398,20 +397,12 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
         return x, it, converged, change, errors
 
     selection = None
-    if auto:
-        from .autoreg import holdout_mask
-
-        held = (w > 0) & holdout_mask(mask.shape, NDI_AUTO_HOLDOUT, 0)
-        n_held = int(held.sum())
-        if n_held < 20 or n_held == int(np.count_nonzero(w)):
-            raise ValueError(f'max_iter="auto" needs voxels to hold out for cross-validation; this mask '
-                             f'has too few ({n_held}): give a number of iterations')
+    if max_iter is None:
+        held, n_held = draw_held_out(w > 0, NDI_AUTO_HOLDOUT, "max_iter")
         # no tolerance stop while cross-validating: the held-out error decides
         _, _, _, _, errors = iterate(np.where(held, 0, w).astype(w.dtype), NDI_AUTO_MAX_ITER + 1, 0.0,
                                      held=held, patience=NDI_AUTO_PATIENCE)
-        max_iter = int(np.argmin(errors)) + 1  # errors[k] is the error after k + 1 steps
-        selection = {"criterion": "cv", "holdout": NDI_AUTO_HOLDOUT, "seed": 0, "n_holdout": n_held,
-                     "cv_rmse": errors, "max_iter": max_iter}
+        max_iter, selection = selection_record(errors, NDI_AUTO_HOLDOUT, n_held, "max_iter")
     x, it, converged, change, _ = iterate(w, max_iter, tol)
     out = dom.unpad(ifft(x), mask)
     if return_info:

@@ -51,6 +51,7 @@ import numpy as np
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
 from ._common import check_dipole_threshold, check_inversion_inputs, check_positive, real_fft_pair
+from ._holdout import draw_held_out, parse_iteration_count, past_minimum, selection_record
 from ._lsmr import lsmr_iterates
 
 __all__ = ["RTS_AUTO_MAX_ITER", "rts"]
@@ -102,9 +103,7 @@ def rts(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), delta=0.
         Only with ``return_info=True``.
     """
     delta = check_dipole_threshold(delta, "delta")
-    auto = isinstance(lsmr_iter, str) and lsmr_iter.strip().lower() == "auto"
-    if not auto:
-        lsmr_iter = check_positive(lsmr_iter, "lsmr_iter", integer=True)
+    lsmr_iter = parse_iteration_count(lsmr_iter, "lsmr_iter")  # None: "auto"
     mu = check_positive(mu, "mu")
     rho = check_positive(rho, "rho")
     max_iter = check_positive(max_iter, "max_iter", integer=True)
@@ -121,7 +120,7 @@ def rts(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), delta=0.
 
     f = dom.pad(field).ravel()
     selection = None
-    if auto:
+    if lsmr_iter is None:
         lsmr_iter, selection = _cross_validated_lsmr_iter(apply_d, f, dom.pad(mask) > 0)
     chi1 = np.zeros_like(f)
     for chi1, _ in lsmr_iterates(apply_d, apply_d, f, lsmr_iter):
@@ -178,13 +177,7 @@ def _cross_validated_lsmr_iter(apply_d, f, mask):
     are drawn on the padded grid, whose axes are those of the input, so the draw keeps its
     invariance to axis permutation.
     """
-    from .autoreg import holdout_mask
-
-    held = mask & holdout_mask(mask.shape, RTS_AUTO_HOLDOUT, 0)
-    n_held = int(held.sum())
-    if n_held < 20 or n_held == int(mask.sum()):
-        raise ValueError(f'lsmr_iter="auto" needs voxels to hold out for cross-validation; this mask has too '
-                         f'few ({n_held}): give a number of iterations')
+    held, n_held = draw_held_out(mask, RTS_AUTO_HOLDOUT, "lsmr_iter")
     held = held.ravel()
     keep = (~held).astype(f.dtype)
     f_held = f[held].astype(np.float64)
@@ -201,8 +194,6 @@ def _cross_validated_lsmr_iter(apply_d, f, mask):
                                     observe=lambda: last["held"]):
         r = dx_held - f_held
         errors.append(float(np.sqrt(np.mean(r * r))))
-        if len(errors) - 1 - int(np.argmin(errors)) >= RTS_AUTO_PATIENCE:
+        if past_minimum(errors, RTS_AUTO_PATIENCE):
             break
-    chosen = int(np.argmin(errors)) + 1  # errors[k] is the residual after k + 1 iterations
-    return chosen, {"criterion": "cv", "holdout": RTS_AUTO_HOLDOUT, "seed": 0, "n_holdout": n_held,
-                    "cv_rmse": errors, "lsmr_iter": chosen}
+    return selection_record(errors, RTS_AUTO_HOLDOUT, n_held, "lsmr_iter")
