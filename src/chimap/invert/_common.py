@@ -243,6 +243,99 @@ def real_fft_pair(shape, dtype):
     return fft, ifft
 
 
+class DataSplitRegion:
+    """Where an ADMM data split is computed, on the padded grid of a :class:`Domain`.
+
+    The TV inversions split ``z2 = D chi`` (weak-harmonic TV also ``q = L phi``) and need, in
+    each chi update, the spectrum of ``z2 - u2``. The split's data weight is zero outside the
+    mask, where its update without over-relaxation gives ``z2 = D chi`` and ``u2 = 0``: there
+    ``z2 - u2`` is the previous ``D chi``, whose spectrum the iteration already holds. So the
+    split is computed on the mask's box only: ``D chi`` there by a pruned inverse transform
+    (:func:`box_irfft`), and the spectrum of ``z2 - u2`` as that of ``D chi`` plus the pruned
+    transform (:func:`box_rfft`) of the gap ``z2 - u2 - D chi``, which is zero outside the box.
+    Exact (to float rounding) and two full FFTs cheaper per iteration. With over-relaxation
+    (``relax != 1``) ``z2 - u2`` differs from ``D chi`` outside the box, and the region is the
+    whole grid.
+
+    Parameters
+    ----------
+    dom : Domain
+        The inversion's domain; the box sits at the origin of its padded grid.
+    relax : float
+        The ADMM over-relaxation factor of the split's update.
+    """
+
+    def __init__(self, dom, relax=1.0):
+        self.shape = tuple(dom.box_shape) if float(relax) == 1.0 else tuple(dom.padded)
+        self.slices = tuple(slice(0, n) for n in self.shape)
+        self.dtype = dom.dtype
+        self._fft = box_rfft(dom.padded, self.shape)
+        self._ifft = box_irfft(dom.padded, self.shape, dom.dtype)
+
+    def zeros(self):
+        """A zero array of the region's shape."""
+        return np.zeros(self.shape, dtype=self.dtype)
+
+    def crop(self, x_pad):
+        """The region of a padded-grid array (a contiguous copy)."""
+        return np.ascontiguousarray(x_pad[self.slices])
+
+    def field(self, spec):
+        """The region of ``irfftn(spec)`` (contiguous); ``spec`` is left unchanged."""
+        return np.ascontiguousarray(self._ifft(spec))
+
+    def spectrum(self, target, model, model_spec):
+        """Spectrum of the padded array equal to ``target`` on the region and to the model
+        outside it: ``model_spec + F(target - model)``, where ``model`` is the region of the
+        inverse transform of ``model_spec`` (``model_spec`` None: the model is zero)."""
+        spec = self._fft(target - model)
+        if model_spec is not None:
+            spec += model_spec
+        return spec
+
+
+def box_rfft(shape, box_shape):
+    """Real FFT of an array that is zero outside the box at the origin of the padded grid.
+
+    ``box_rfft(shape, box_shape)(x) == rfftn(xp)`` where ``xp`` is ``x`` (shape ``box_shape``)
+    zero padded to ``shape``, transformed without forming ``xp``: the real transform of the last
+    axis runs only on the ``b0 * b1`` lines of the box, the second axis only on the ``b0`` kept
+    rows, and only the first axis on the whole grid (the forward counterpart of
+    :func:`box_irfft`). On a 1 mm head (box 140 x 176 x 178 in a 216 x 270 x 270 grid, 2 cores)
+    it took 46 ms against 121 ms for ``rfftn`` of the padded array (ad-hoc timing). Agrees with
+    the full transform to float rounding.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Shape of the real (padded) grid.
+    box_shape : tuple of 3 int
+        Shape of the box at the origin of that grid, each at most the grid's.
+
+    Returns
+    -------
+    callable
+        ``fft(x)`` for a real array ``x`` of ``box_shape``; returns the half spectrum of shape
+        ``(shape[0], shape[1], shape[2] // 2 + 1)`` (complex64 for float32 input).
+    """
+    import scipy.fft as sfft
+
+    from ..kernels import fft_workers
+
+    workers = fft_workers()
+    n0, n1, n2 = (int(n) for n in shape)
+    box_shape = tuple(int(n) for n in box_shape)
+
+    def fft(x):
+        if x.shape != box_shape:
+            raise ValueError(f"box_rfft expects an array of shape {box_shape}, got {x.shape}")
+        a = sfft.rfft(x, n=n2, axis=2, workers=workers)
+        a = sfft.fft(a, n=n1, axis=1, workers=workers, overwrite_x=True)
+        return sfft.fft(a, n=n0, axis=0, workers=workers, overwrite_x=True)
+
+    return fft
+
+
 def box_irfft(shape, box_shape, dtype):
     """Inverse real FFT cut to the box at the origin: ``irfftn(x, s=shape)[:b0, :b1, :b2]``.
 

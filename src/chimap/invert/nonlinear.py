@@ -99,7 +99,8 @@ fit that misses the near-cone content of large uniform sources (a 10 mm sphere k
 61 % of its contrast however long it runs).
 
 Deviations: the iterate is kept in k-space (one forward and one inverse real FFT per
-iteration; the inverse is computed only on the mask's bounding box, where ``D chi`` is used,
+iteration, both pruned to the mask's bounding box: the inverse gives ``D chi`` there only, where
+it is used, and the forward transforms the residual, zero outside the box,
 and the step writes the next ``D chi`` spectrum in the same pass); the weight is zero outside
 the mask (chimap's convention, as in ``tv_admm``: the field is not fitted there), while the
 authors' script weights the whole field of view with the magnitude and FANSI's ``ndi.m`` with
@@ -114,7 +115,7 @@ import numpy as np
 from ..kernels import dipole_kernel
 from ..units import ppm_to_rad
 from . import _nonlinear_kernels as NK
-from ._common import box_irfft, check_inversion_inputs, check_positive, check_weight, real_fft_pair
+from ._common import box_irfft, box_rfft, check_inversion_inputs, check_positive, check_weight
 from ._holdout import draw_held_out, parse_iteration_count, past_minimum, selection_record
 from .autoreg import parse_alpha, warm_sweep
 from .tv import DEFAULT_ALPHA, DEFAULT_CRITERION, _TVADMM
@@ -265,7 +266,7 @@ class _NLTVADMM(_TVADMM):
         self.scale, self.newton_iter = float(scale), int(newton_iter)
 
     def fidelity_update(self, dchi):
-        NK.nonlinear_fidelity_update(dchi, self.f_pad, self.w2, self.mu, self.scale, self.u2, self.t,
+        NK.nonlinear_fidelity_update(dchi, self.f_fid, self.w2_fid, self.mu, self.scale, self.u2, self.t,
                                      self.newton_iter, _NEWTON_TOL_RAD)
 
     def measures(self):
@@ -361,7 +362,7 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
     mask, vs, b, dom, w, field, scale = _nonlinear_setup(
         local_field, mask, voxel_size, b0_direction, pad_factor, weight, phase_scale, "max")
     shape = dom.padded
-    fft, _ = real_fft_pair(shape, dom.dtype)
+    fft = box_rfft(shape, dom.box_shape)  # the residual q is zero outside the box
     ifft = box_irfft(shape, dom.box_shape, dom.dtype)  # only D chi in the box is used
     d = dipole_kernel(shape, vs, b0_direction=b, real_fft=True, dtype=dom.dtype)
     box = tuple(slice(0, n) for n in dom.box_shape)  # W = 0 beyond the box: q stays 0 there
@@ -375,8 +376,7 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
         x = np.zeros(d.shape, dtype=np.result_type(dom.dtype, np.complex64))  # chi in k-space
         xd = np.zeros_like(x)  # D chi in k-space, written by each step
         g_prev = np.zeros_like(x)
-        q = np.zeros(shape, dtype=dom.dtype)
-        q_box = q[box]
+        q_box = np.zeros(dom.box_shape, dtype=dom.dtype)
         nyquist_last = shape[2] % 2 == 0
         if held is not None:
             held_box = dom.pad(held)[box] > 0
@@ -390,7 +390,7 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
                 if past_minimum(errors, patience):
                     break
             NK.sine_residual(dchi, f_box, w2_box, scale, q_box)
-            change = NK.ndi_step(x, fft(q), d, alpha, step, g_prev, nyquist_last, xd)
+            change = NK.ndi_step(x, fft(q_box), d, alpha, step, g_prev, nyquist_last, xd)
             if change < stop_tol:
                 converged = True
                 break

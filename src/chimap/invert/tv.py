@@ -14,7 +14,9 @@ Two solvers:
   split ``z2 = D x`` makes the weighted data term a pointwise update
   ``z2 = (W^2 f + mu (D x + u2)) / (W^2 + mu)``, and the chi update is a k-space division
   ``x = IFFT[(rho E^H F(z - u) + mu D F(z2 - u2)) / (rho |E|^2 + mu D^2)]`` (4 FFTs per
-  iteration). ``W`` is zero outside the mask (``weight=None``: ``W = 1`` inside), so the field
+  iteration, two of them pruned to the mask's box: outside it ``z2 - u2`` is the previous
+  ``D x``, whose spectrum is known, so the split lives on the box only;
+  :class:`chimap.invert._common.DataSplitRegion`). ``W`` is zero outside the mask (``weight=None``: ``W = 1`` inside), so the field
   there is not fitted at all and chi outside the mask is free (it absorbs the field of sources
   just outside the mask, e.g. those removed by erosion; it is set to 0 on output).
 - ``solver="closed_form"`` (Bilgic et al. MRM 2014;72:1444): ``W = 1`` on the whole padded
@@ -35,7 +37,8 @@ import numpy as np
 
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
-from ._common import check_inversion_inputs, check_positive, check_weight, padded_gradient_weight, real_fft_pair
+from ._common import (DataSplitRegion, check_inversion_inputs, check_positive, check_weight,
+                      padded_gradient_weight, real_fft_pair)
 from .autoreg import parse_alpha, warm_sweep
 
 __all__ = ["DEFAULT_ALPHA", "tv_admm"]
@@ -174,7 +177,7 @@ class _TVADMM:
     """
 
     #: The iterates that define the state (copied by :func:`.autoreg.snapshot_state`).
-    ITERATES = ("chi", "prev", "u", "s", "u2", "t")
+    ITERATES = ("chi", "prev", "u", "s", "u2", "t", "model", "model_spec")
 
     def __init__(self, field, mask, vs, b, dom, w, *, mu, isotropic, relax, tv_weight=K.UNIFORM):
         self.mask, self.vs, self.dom, self.w = mask, vs, dom, w
@@ -194,12 +197,23 @@ class _TVADMM:
         if w is None:
             self.f_spec = self.fft(self.f_pad)
         else:
+            # the data split z2 = D chi lives on a region at the grid's origin (the mask's box)
+            self.split = DataSplitRegion(dom, relax)
             self.w2 = dom.pad(w * w)
-            self.w2f = self.w2 * self.f_pad
-            self.u2 = np.zeros(shape, dtype=dom.dtype)
-            # z2 - u2: start from z2 = f where W > 0, u2 = 0
-            self.t = np.where(self.w2 > 0, self.f_pad, dom.dtype.type(0))
+            self.set_field(self.f_pad)
+            self.u2 = self.split.zeros()
+            # z2 - u2 on the region: start from z2 = f where W > 0, u2 = 0
+            self.t = np.where(self.split.crop(self.w2) > 0, self.f_fid, dom.dtype.type(0))
+            self.model = self.split.zeros()  # D chi on the region, of the last z2 update
+            self.model_spec = None  # its spectrum on the whole grid (None: D chi = 0)
         self.alpha = self.rho = None
+
+    def set_field(self, f_pad):
+        """Replace the local field (padded grid; weighted solver only)."""
+        self.f_pad = f_pad
+        self.f_fid = self.split.crop(f_pad)
+        self.w2_fid = self.split.crop(self.w2)
+        self.w2f_fid = self.w2_fid * self.f_fid
 
     def set_weight(self, w):
         """Replace the data weight (input grid, zero outside the mask; weighted solver only)."""
@@ -208,7 +222,7 @@ class _TVADMM:
                 raise ValueError("the closed-form solver has no data weight")
             return
         self.w2 = self.dom.pad(np.where(self.mask, w, 0) ** 2)
-        self.w2f = self.w2 * self.f_pad
+        self.set_field(self.f_pad)
 
     def set_alpha(self, alpha, rho):
         """Set the TV weight and the ADMM penalty of the gradient split (rebuilds the k-space
@@ -246,7 +260,8 @@ class _TVADMM:
                 spec *= self.rho_inv
                 spec += self.dtf
             else:
-                K.tv_chi_spectrum(spec, fft(self.t), self.rho_inv, self.mu_d_inv)
+                K.tv_chi_spectrum(spec, self.split.spectrum(self.t, self.model, self.model_spec),
+                                  self.rho_inv, self.mu_d_inv)
             self.chi = ifft(spec).astype(self.dom.dtype, copy=False)
             change = K.relative_change(self.chi, self.prev)
             if change < tol:
@@ -257,13 +272,15 @@ class _TVADMM:
                                  self.tv_weight)
             if self.w is not None:
                 spec *= self.d  # the irfft kept chi's spectrum: D chi without another FFT
-                self.fidelity_update(ifft(spec, overwrite=True))
+                self.model_spec = spec
+                self.model = self.split.field(spec)
+                self.fidelity_update(self.model)
         return it, converged, change
 
     def fidelity_update(self, dchi):
-        """z2/u2 update of the data split ``z2 = D chi`` (quadratic data term); updates
-        ``self.u2`` and ``self.t`` in place."""
-        K.fidelity_update(dchi, self.w2f, self.w2, self.dom.dtype.type(self.mu), self.u2, self.t,
+        """z2/u2 update of the data split ``z2 = D chi`` (quadratic data term) on the split's
+        region; updates ``self.u2`` and ``self.t`` in place."""
+        K.fidelity_update(dchi, self.w2f_fid, self.w2_fid, self.dom.dtype.type(self.mu), self.u2, self.t,
                           self.relax)
 
     def chi_out(self):

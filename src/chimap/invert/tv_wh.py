@@ -14,7 +14,9 @@ with ``L`` the 7-point Laplacian (1/mm^2), ``M_h`` the region where ``phi`` must
 (``z = G chi``, ``y = D chi + phi``, ``q = L phi``): the ``z``, ``y`` and ``q`` updates are
 pointwise, and the joint ``(chi, phi)`` update is an exact 2 x 2 solve per frequency (the
 operators ``D``, ``G^T G`` and ``L`` are all diagonal in k-space); 3 forward and 3 inverse
-real FFTs per iteration (tv_admm: 2 + 2).
+real FFTs per iteration (tv_admm: 2 + 2), four of them pruned to the mask's box, where the
+``y`` and ``q`` splits are computed (:class:`chimap.invert._common.DataSplitRegion`; ``M_h``
+lies in the box). ``benchmarks/bench_box_split.py`` times it against the whole-grid splits.
 
 What the field cannot tell
 --------------------------
@@ -51,7 +53,8 @@ import numpy as np
 
 from ..kernels import dipole_kernel, laplacian_kernel
 from . import _admm_kernels as K
-from ._common import check_inversion_inputs, check_positive, check_weight, padded_gradient_weight, real_fft_pair
+from ._common import (DataSplitRegion, check_inversion_inputs, check_positive, check_weight,
+                      padded_gradient_weight, real_fft_pair)
 from .autoreg import parse_alpha, warm_sweep
 from .tv import DEFAULT_ALPHA, DEFAULT_CRITERION
 
@@ -201,7 +204,8 @@ class _TVWH:
     penalty and keeps the iterates, for warm-started sweeps over ``alpha``."""
 
     #: The iterates that define the state (copied by :func:`.autoreg.snapshot_state`).
-    ITERATES = ("chi", "prev", "u", "s", "u2", "t", "u3", "cq", "phi_spec")
+    ITERATES = ("chi", "prev", "u", "s", "u2", "t", "u3", "cq", "phi_spec", "model", "model_spec", "lap_model",
+                "lap_spec")
 
     def __init__(self, field, mask, vs, b, dom, w, *, beta, hmask, mu, nu, isotropic, relax, tv_weight=K.UNIFORM):
         self.mask, self.vs, self.dom = mask, vs, dom
@@ -216,29 +220,40 @@ class _TVWH:
         self.d = self.d64.astype(dom.dtype)
         self.lap = self.lap64.astype(dom.dtype)
         self.inv_h = (1.0 / vs).astype(np.float64)
-        self.f_pad = dom.pad(field)
+        # both splits (y = D chi + phi, q = L phi) live on the mask's box (DataSplitRegion)
+        self.split = split = DataSplitRegion(dom, relax)
         self.w2 = dom.pad(w * w)
-        self.w2f = self.w2 * self.f_pad
-        self.hb = dom.pad(hmask.astype(dom.dtype)) * dt(beta)
-        self.zero = np.zeros(shape, dtype=dom.dtype)
+        self.set_field(dom.pad(field))
+        self.hb = split.crop(dom.pad(hmask.astype(dom.dtype))) * dt(beta)
+        self.zero = split.zeros()
         self.chi = np.zeros(shape, dtype=dom.dtype)
         self.prev = np.zeros(shape, dtype=dom.dtype)
         self.u = np.zeros((3,) + shape, dtype=dom.dtype)
         self.s = np.zeros((3,) + shape, dtype=dom.dtype)
         self.ets = np.zeros(shape, dtype=dom.dtype)
-        self.u2 = np.zeros(shape, dtype=dom.dtype)
-        self.t = np.where(self.w2 > 0, self.f_pad, dt(0))
-        self.u3 = np.zeros(shape, dtype=dom.dtype)
-        self.cq = np.zeros(shape, dtype=dom.dtype)
+        self.u2 = split.zeros()
+        self.t = np.where(self.w2_fid > 0, self.f_fid, dt(0))
+        self.u3 = split.zeros()
+        self.cq = split.zeros()
         self.phi_spec = None
+        # D chi + phi and L phi of the last split update: on the region and their spectra
+        self.model, self.model_spec = split.zeros(), None
+        self.lap_model, self.lap_spec = split.zeros(), None
         # per-frequency coefficients of the joint (chi, phi) update, filled by set_alpha
         self.c = {k: np.empty(self.d64.shape, dtype=dom.dtype) for k in ("xt", "xs", "xc", "pt", "ps", "pc")}
         self.alpha = self.rho = None
 
+    def set_field(self, f_pad):
+        """Replace the local field (padded grid)."""
+        self.f_pad = f_pad
+        self.f_fid = self.split.crop(f_pad)
+        self.w2_fid = self.split.crop(self.w2)
+        self.w2f_fid = self.w2_fid * self.f_fid
+
     def set_weight(self, w):
         """Replace the data weight (input grid, zero outside the mask)."""
         self.w2 = self.dom.pad(np.where(self.mask, w, 0) ** 2)
-        self.w2f = self.w2 * self.f_pad
+        self.set_field(self.f_pad)
 
     def set_alpha(self, alpha, rho):
         """Set the TV weight and the ADMM penalty of the gradient split; rebuilds the 2 x 2
@@ -263,7 +278,9 @@ class _TVWH:
         refined = 0
         for it in range(1, max_iter + 1):
             K.grad_adjoint(self.s, self.ets, self.inv_h)
-            ts, ss, cs = fft(self.t), fft(self.ets), fft(self.cq)
+            ss = fft(self.ets)
+            ts = self.split.spectrum(self.t, self.model, self.model_spec)
+            cs = self.split.spectrum(self.cq, self.lap_model, self.lap_spec)
             xs = np.empty_like(ts)
             if self.phi_spec is None or self.phi_spec.shape != ts.shape:
                 self.phi_spec = np.empty_like(ts)
@@ -276,8 +293,7 @@ class _TVWH:
                 new_field = np.asarray(refine_field(dom.unpad(self.chi, mask)))
                 if new_field.shape != mask.shape or not np.all(np.isfinite(new_field[mask])):
                     raise ValueError("refine_field must return a finite field of the input shape")
-                self.f_pad = dom.pad(np.where(mask, new_field, 0).astype(dom.dtype))
-                self.w2f = self.w2 * self.f_pad
+                self.set_field(dom.pad(np.where(mask, new_field, 0).astype(dom.dtype)))
                 refined += 1
             elif change < tol:
                 converged = True
@@ -285,10 +301,11 @@ class _TVWH:
             K.grad_shrink_update(self.chi, self.u, self.s, self.inv_h, thr, self.isotropic, self.relax,
                                  self.tv_weight)
             K.wh_field_spectra(xs, phi_spec, self.d, self.lap, xs, cs)  # xs <- D chi + phi, cs <- L phi
-            K.fidelity_update(ifft(xs, overwrite=True), self.w2f, self.w2, dt(self.mu), self.u2, self.t,
-                              self.relax)
+            self.model_spec, self.lap_spec = xs, cs
+            self.model, self.lap_model = self.split.field(xs), self.split.field(cs)
+            K.fidelity_update(self.model, self.w2f_fid, self.w2_fid, dt(self.mu), self.u2, self.t, self.relax)
             # q = nu (L phi + u3) / (beta M_h + nu): the same pointwise form with zero "data"
-            K.fidelity_update(ifft(cs, overwrite=True), self.zero, self.hb, dt(self.nu), self.u3, self.cq, self.relax)
+            K.fidelity_update(self.lap_model, self.zero, self.hb, dt(self.nu), self.u3, self.cq, self.relax)
             del xs, cs
         return it, converged, change
 
