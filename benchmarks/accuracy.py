@@ -661,7 +661,10 @@ METHOD_NOTES = """\
   substantia nigra and dentate nucleus of the absolute error of the ROI mean (ppb). Best value per
   column in bold (mQSM Table 1 layout; single values, one simulated head per table).
 - **Time** is the wall time of the inversion call alone on this machine (shared cores: treat it
-  as an upper bound); for the default-preset row it is the pipeline's inversion step.
+  as an upper bound); for the default-preset row it is the pipeline's inversion step. The script
+  runs with the `chimap` command's memory setting (`chimap.allocator.retain_freed_memory`: freed
+  large arrays are kept for reuse instead of being returned to the system and zero-filled again),
+  as a user of `chimap run` or `chimap invert` gets it; tables before 2026-12-08 ran without it.
 - **Methods without a data-driven parameter.** TKD and TSVD (threshold 0.2, the common choice of
   Wharton et al. 2010) and iLSQR (its regularisation is the early stop of LSQR at the paper's
   tolerance, and its streaking estimate takes its thresholds from percentiles of the data, as
@@ -742,6 +745,9 @@ def build_parser():
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from chimap.allocator import retain_freed_memory
+
+    retain_freed_memory()  # as the chimap command does (see "Time" in the notes)
     t_start = time.perf_counter()
     provenance = code_provenance()  # before any work: the code this run imports
     if args.quick:
