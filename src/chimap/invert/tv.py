@@ -16,9 +16,10 @@ Two solvers:
   ``x = IFFT[(rho E^H F(z - u) + mu D F(z2 - u2)) / (rho |E|^2 + mu D^2)]`` (4 FFTs per
   iteration, two of them pruned to the mask's box: outside it ``z2 - u2`` is the previous
   ``D x``, whose spectrum is known, so the split lives on the box only;
-  :class:`chimap.invert._common.DataSplitRegion`). ``W`` is zero outside the mask (``weight=None``: ``W = 1`` inside), so the field
-  there is not fitted at all and chi outside the mask is free (it absorbs the field of sources
-  just outside the mask, e.g. those removed by erosion; it is set to 0 on output).
+  :class:`chimap.invert._common.DataSplitRegion`). ``W`` is zero outside the mask
+  (``weight=None``: ``W = 1`` inside), so the field there is not fitted at all and chi outside
+  the mask is free (it absorbs the field of sources just outside the mask, e.g. those removed
+  by erosion; it is set to 0 on output).
 - ``solver="closed_form"`` (Bilgic et al. MRM 2014;72:1444): ``W = 1`` on the whole padded
   grid with the field taken as zero outside the mask; the only split is ``z = G x``, and the
   chi update is ``x = IFFT[(D F f + rho E^H F(z - u)) / (D^2 + rho |E|^2)]`` (2 FFTs per
@@ -203,7 +204,7 @@ class _TVADMM:
             self.set_field(self.f_pad)
             self.u2 = self.split.zeros()
             # z2 - u2 on the region: start from z2 = f where W > 0, u2 = 0
-            self.t = np.where(self.split.crop(self.w2) > 0, self.f_fid, dom.dtype.type(0))
+            self.t = np.where(self.w2_fid > 0, self.f_fid, dom.dtype.type(0))
             self.model = self.split.zeros()  # D chi on the region, of the last z2 update
             self.model_spec = None  # its spectrum on the whole grid (None: D chi = 0)
         self.alpha = self.rho = None
