@@ -302,8 +302,9 @@ def box_rfft(shape, box_shape):
     axis runs only on the ``b0 * b1`` lines of the box, the second axis only on the ``b0`` kept
     rows, and only the first axis on the whole grid (the forward counterpart of
     :func:`box_irfft`). On a 1 mm head (box 140 x 176 x 178 in a 216 x 270 x 270 grid, 2 cores)
-    it took 46 ms against 121 ms for ``rfftn`` of the padded array (ad-hoc timing). Agrees with
-    the full transform to float rounding.
+    ``benchmarks/bench_box_split.py`` printed 51.6 ms against 55.5 ms for ``rfftn`` of the padded
+    array (the first axis, transformed in full, dominates). Agrees with the full transform to
+    float rounding.
 
     Parameters
     ----------
