@@ -77,6 +77,9 @@ class _TextbookSplit(_common.DataSplitRegion):
     (nltv, {"alpha": 3e-4}, tv_module),
     (tv_admm_wh, {"alpha": 3e-4}, tv_wh_module),
     (tv_admm_wh, {"alpha": 3e-4, "refine_field": "same field", "refine_every": 5}, tv_wh_module),
+    # over-relaxation: the region is the whole grid, the spectrum still model plus gap
+    (tv_admm, {"alpha": 3e-4, "relax": 1.5}, tv_module),
+    (tv_admm_wh, {"alpha": 3e-4, "relax": 1.5}, tv_wh_module),
 ])
 def test_box_split_gives_the_textbook_iterates(monkeypatch, func, kw, module):
     chi, mask = _blobs(shape=(30, 34, 28))
