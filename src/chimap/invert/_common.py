@@ -280,6 +280,12 @@ class DataSplitRegion:
         """The region of a padded-grid array (a contiguous copy)."""
         return np.ascontiguousarray(x_pad[self.slices])
 
+    def crop_data(self, f_pad, w2_pad):
+        """The split's data on the region: ``(f, W^2, W^2 f)`` from the padded field and squared
+        weight."""
+        f, w2 = self.crop(f_pad), self.crop(w2_pad)
+        return f, w2, w2 * f
+
     def field(self, spec):
         """The region of ``irfftn(spec)`` (contiguous); ``spec`` is left unchanged."""
         return np.ascontiguousarray(self._ifft(spec))

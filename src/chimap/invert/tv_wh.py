@@ -246,9 +246,7 @@ class _TVWH:
     def set_field(self, f_pad):
         """Replace the local field (padded grid)."""
         self.f_pad = f_pad
-        self.f_fid = self.split.crop(f_pad)
-        self.w2_fid = self.split.crop(self.w2)
-        self.w2f_fid = self.w2_fid * self.f_fid
+        self.f_fid, self.w2_fid, self.w2f_fid = self.split.crop_data(f_pad, self.w2)
 
     def set_weight(self, w):
         """Replace the data weight (input grid, zero outside the mask)."""
