@@ -366,6 +366,71 @@ def test_homogenize_removes_smooth_bias():
     assert spread(out) < 0.35 * spread(img)
 
 
+def _edge_quality_reference(phase, magnitude=None, ratio=None, second=None):
+    """phase_quality from its definition: every face edge's weight, averaged per voxel."""
+    def wrap(x):
+        return np.mod(x + np.pi, 2 * np.pi) - np.pi
+
+    total = np.zeros(phase.shape)
+    count = np.zeros(phase.shape)
+    for ax in range(3):
+        n = phase.shape[ax]
+        lo, hi = (slice(None),) * ax + (slice(0, n - 1),), (slice(None),) * ax + (slice(1, n),)
+        d1 = wrap(phase[hi] - phase[lo])
+        w = 1 - np.abs(d1) / np.pi
+        if second is not None:
+            w *= np.clip(1 - np.abs(wrap(second[hi] - second[lo]) * ratio - d1), 0, 1)
+        if magnitude is not None:
+            a, b = magnitude[lo], magnitude[hi]
+            big = np.maximum(a, b)
+            w *= np.where(big > 0, (np.minimum(a, b) / np.where(big > 0, big, 1)) ** 2, 0)
+        for end in (lo, hi):
+            total[end] += w
+            count[end] += 1
+    return np.where(count > 0, total / np.maximum(count, 1), 0)
+
+
+@pytest.mark.parametrize("shape", [(9, 8, 7), (1, 6, 5), (7, 1, 1), (1, 1, 1)])
+def test_phase_quality_is_the_mean_edge_weight(shape):
+    rng = np.random.default_rng(3)
+    # phase slightly beyond [-pi, pi] and a second echo with large steps exercise every branch
+    # of the wrap (differences within one period and far beyond it)
+    phase = rng.uniform(-np.pi - 1e-3, np.pi + 1e-3, shape + (2,))
+    phase[..., 1] *= 3.0
+    mag = rng.random(shape + (2,))
+    mag.flat[::7] = 0.0
+    te = (0.005, 0.012)
+    mask = rng.random(shape) > 0.3
+    cases = [
+        ({"magnitude": mag, "echo_times": te}, dict(magnitude=mag[..., 0], ratio=te[0] / te[1], second=phase[..., 1])),
+        ({"magnitude": mag}, dict(magnitude=mag[..., 0])),
+        ({"echo_times": te, "echo": 1}, dict(ratio=te[1] / te[0], second=phase[..., 0])),
+        ({}, {}),
+    ]
+    for kwargs, ref_kwargs in cases:
+        echo = kwargs.get("echo", 0)
+        expected = _edge_quality_reference(phase[..., echo], **ref_kwargs)
+        q = phase_quality(phase, None, 1.0, **kwargs)
+        assert q.dtype == np.float32 and q.shape == shape
+        np.testing.assert_allclose(q, expected, rtol=0, atol=1e-6)
+        masked = phase_quality(phase, mask, 1.0, **kwargs)
+        assert np.array_equal(masked, np.where(mask, q, 0))
+
+
+def test_phase_quality_of_a_ramp():
+    # a phase ramp of 0.5 rad per voxel along axis 1, uniform magnitude, one echo: the edges
+    # along axis 1 weigh 1 - 0.5 / pi, the others 1; a ramp steeper than pi wraps and weighs
+    # by its wrapped step
+    for step in (0.5, 2 * np.pi - 0.5):
+        phase = np.angle(np.exp(1j * step * np.arange(6)))[None, :, None] * np.ones((5, 6, 4))
+        q = phase_quality(phase, None, 1.0, magnitude=np.ones(phase.shape))
+        along = 1 - 0.5 / np.pi
+        inner = (4 + 2 * along) / 6  # a voxel away from the borders: 4 edges of 1, 2 of `along`
+        assert q[2, 2, 2] == pytest.approx(inner, abs=1e-6)
+        edge = (4 + along) / 5  # first voxel along axis 1 (axes 0 and 2 interior)
+        assert q[2, 0, 2] == pytest.approx(edge, abs=1e-6)
+
+
 def test_quality_from_noise():
     noise = np.array([0.0, 1.0, 2.0, np.inf, np.nan, 4.0]).reshape(1, 2, 3)
     q = quality_from_noise(noise)
