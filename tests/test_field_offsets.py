@@ -117,6 +117,36 @@ def test_local_linear_smoothing_is_exact_for_a_linear_offset_up_to_the_edge():
     assert err_plane.max() < 1e-5
 
 
+@pytest.mark.parametrize("sigma", [(1.5, 2.0, 1.2), (1.5, 0.0, 2.0)])
+def test_shared_moment_passes_equal_scipys_gaussian_derivatives(sigma):
+    # the local plane's moments share their one-dimensional passes; each must still be the
+    # Gaussian derivative filter scipy computes, bit for bit (an axis without smoothing is
+    # skipped, orders on it included, as scipy does)
+    from scipy import ndimage
+
+    from chimap.field.offsets import _gaussian_moments
+
+    x = np.random.default_rng(5).random((17, 12, 14)).astype(np.float32)
+    moments = _gaussian_moments(x, np.asarray(sigma), 2)
+    assert sorted(moments) == sorted(o for o in np.ndindex(3, 3, 3) if sum(o) <= 2)
+    for order, got in moments.items():
+        expected = ndimage.gaussian_filter(x, sigma, order=list(order), mode="constant", cval=0.0, truncate=3.0)
+        assert got.dtype == np.float32 and np.array_equal(got, expected), order
+
+
+def test_local_linear_with_one_axis_unsmoothed_fits_a_plane_per_slice():
+    # sigma 0 along the last axis: each slice gets its own plane in the other two axes, so a
+    # ramp along the first two axes whose slope changes from slice to slice is still exact
+    x, y, z = _coords()
+    offset = 0.4 + (0.8 + 0.5 * z) * x - (0.3 - 0.4 * z) * y
+    te = np.array([0.004, 0.009])
+    mag = np.ones(SHAPE + (2,))
+    pha = np.angle(np.exp(1j * (offset[..., None] + 2 * np.pi * 20.0 * x[..., None] * te)))
+    est = mcpc3ds(pha, np.ones(SHAPE, bool), VOXEL, magnitude=mag, echo_times=te, sigma_mm=(4.0, 4.0, 0.0),
+                  smoothing="local_linear")
+    assert np.abs(_ang(est - offset)).max() < 1e-5
+
+
 def test_local_linear_falls_back_to_gaussian_where_a_plane_is_undetermined():
     te = [0.004, 0.009, 0.014]
     mag, pha, _mask, _field, _offset = _synthetic(te)

@@ -10,6 +10,7 @@ temporal unwrapping need.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 from scipy import ndimage
 
 from ..geometry import check_voxel_size
@@ -59,7 +60,8 @@ def mcpc3ds(phase, mask, voxel_size, *, magnitude=None, echo_times, echoes=(0, 1
     (with ``unwrap_difference``) the error was 0.0037 rad at the edge and 0.0003 rad inside
     with ``sigma_mm = 5``. Where the window holds too little of the mask (Gaussian weight below
     5 % of its maximum) or the plane is ill-determined, the Gaussian result is kept; outside
-    ``mask`` the offset is the Gaussian result. About 2.5 times the cost of the Gaussian.
+    ``mask`` the offset is the Gaussian result. On the 1 mm four-echo simulated head (2 cores) it
+    took about 9 s against 4-6 s for the Gaussian (ad-hoc timing, both with ``unwrap_difference``).
 
     Wraps of the echo difference. Step 2 assumes ``dphi`` is not wrapped, i.e.
     ``|f| < 1 / (2 dTE)`` (71 Hz for dTE = 7 ms), as in the paper. Where it does wrap, ``phi0``
@@ -187,7 +189,8 @@ def _local_plane(values, weight, sigma_vox, smoothed_weight, where, *, min_suppo
     involved: since ``d g / d x_k = -(x_k - y_k) / sigma_k^2 g``, ``sum g w u_k = sigma_k
     d_k G[w]`` and ``sum g w u_i u_j = sigma_i sigma_j d_i d_j G[w] + delta_ij G[w]`` (``G`` the
     Gaussian filter; exact for scipy's truncated kernels too), so float32 loses nothing to
-    cancellation.
+    cancellation. The 14 filters share their one-dimensional passes (:func:`_gaussian_moments`)
+    and the 3 x 3 systems are solved voxel by voxel (:func:`_solve_planes`).
 
     Returns
     -------
@@ -210,57 +213,99 @@ def _local_plane(values, weight, sigma_vox, smoothed_weight, where, *, min_suppo
     box = tuple(slice(max(0, int(i.min()) - r), min(n, int(i.max()) + 1 + r))
                 for i, n, r in zip(idx, shape, reach))
     sigma = np.asarray(sigma_vox, dtype=np.float64)
-    sel = keep[box]
-
-    def filtered(x, *orders):
-        """Gaussian filter of a box array, differentiated once along each axis in ``orders``,
-        at the voxels that get a plane."""
-        order = [orders.count(k) for k in range(3)]
-        out = ndimage.gaussian_filter(x, sigma, order=order, mode="constant", cval=0.0, truncate=3.0)
-        return out[sel].astype(np.float64) * np.prod(sigma[list(orders)])
-
     w = weight[box].astype(np.float32)
     wr = (w * values[box]).astype(np.float32)
-    s0 = filtered(w)
-    mu = np.stack([filtered(w, k) for k in range(3)], axis=-1) / s0[:, None]  # E[u]
-    cov = np.empty(mu.shape + (3,))
-    for i in range(3):
-        for j in range(i, 3):
-            e_uu = (filtered(w, i, j) + (s0 if i == j else 0.0)) / s0
-            cov[:, i, j] = cov[:, j, i] = e_uu - mu[:, i] * mu[:, j]
-    cov_inv, det = _symmetric_inverse_3x3(cov)
-    good = det > 1e-6
-    r0 = filtered(wr) / s0
-    # normal equations in u: eliminating a, cov b = E[r u] - mu E[r]; a = E[r] - mu . b
-    rhs = np.stack([filtered(wr, k) for k in range(3)], axis=-1) / s0[:, None] - mu * r0[:, None]
-    b = np.einsum("nij,nj->ni", cov_inv, rhs)
-    a = np.where(good, r0 - np.einsum("ni,ni->n", mu, b), 0.0)
-    inner = np.zeros(sel.shape)
-    inner[sel] = a
-    fitted[box] = inner
-    inner_support = np.zeros(sel.shape, dtype=bool)
-    inner_support[sel] = good
-    support[box] = inner_support
+    mw = _gaussian_moments(w, sigma, 2)
+    mr = _gaussian_moments(wr, sigma, 1)
+    zero = (0, 0, 0)
+    unit = [tuple(int(i == k) for i in range(3)) for k in range(3)]
+    pair = [[tuple(int(i == k) + int(i == m) for i in range(3)) for m in range(3)] for k in range(3)]
+    first_w = tuple(mw[unit[k]] for k in range(3))
+    second_w = tuple(mw[pair[k][m]] for k, m in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)))
+    first_r = tuple(mr[unit[k]] for k in range(3))
+    # an axis without smoothing has no derivative moments: its sigma factor (0) removes them
+    fitted[box], support[box] = _solve_planes(mw[zero], first_w, second_w, mr[zero], first_r, sigma,
+                                              np.ascontiguousarray(keep[box]))
     return fitted, support
 
 
-def _symmetric_inverse_3x3(a):
-    """Inverses and determinants of symmetric 3 x 3 matrices ``a`` (shape (N, 3, 3)) by the
-    adjugate; the inverse is 0 where the determinant is not positive."""
-    a00, a01, a02 = a[:, 0, 0], a[:, 0, 1], a[:, 0, 2]
-    a11, a12, a22 = a[:, 1, 1], a[:, 1, 2], a[:, 2, 2]
-    c00 = a11 * a22 - a12 * a12
-    c01 = a02 * a12 - a01 * a22
-    c02 = a01 * a12 - a02 * a11
-    c11 = a00 * a22 - a02 * a02
-    c12 = a01 * a02 - a00 * a12
-    c22 = a00 * a11 - a01 * a01
-    det = a00 * c00 + a01 * c01 + a02 * c02
-    scale = np.where(det > 0, 1.0 / np.where(det > 0, det, 1.0), 0.0)
-    inv = np.empty_like(a)
-    for (i, j), c in {(0, 0): c00, (0, 1): c01, (0, 2): c02, (1, 1): c11, (1, 2): c12, (2, 2): c22}.items():
-        inv[:, i, j] = inv[:, j, i] = c * scale
-    return inv, det
+def _gaussian_moments(x, sigma, max_order):
+    """Gaussian derivative filters of ``x`` (float32) of every order ``(o0, o1, o2)`` with
+    ``o0 + o1 + o2 <= max_order``, as a dict keyed by the order.
+
+    Each is ``ndimage.gaussian_filter(x, sigma, order=...)`` (constant zero boundary, truncated
+    at 3 sigma; axes with ``sigma == 0`` left unfiltered, as scipy does), with the
+    one-dimensional passes along the first axes shared between orders: 28 passes instead of 42
+    for the moments of :func:`_local_plane`. Each pass writes float32 like scipy's own chain, so
+    the results equal scipy's bit for bit.
+    """
+    partial = {(): x}
+    for axis in range(3):
+        nxt = {}
+        for orders, arr in partial.items():
+            for o in range(max_order - sum(orders) + 1):
+                if sigma[axis] > 1e-15:
+                    nxt[orders + (o,)] = ndimage.gaussian_filter1d(
+                        arr, sigma[axis], axis=axis, order=o, mode="constant", cval=0.0, truncate=3.0,
+                        output=np.float32)
+                else:
+                    nxt[orders + (o,)] = arr
+        partial = nxt
+    return partial
+
+
+@njit(cache=True, parallel=True)
+def _solve_planes(s0, first_w, second_w, r0, first_r, sigma, keep):
+    """Intercepts of the local planes of :func:`_local_plane` from its filtered moments.
+
+    ``s0 = G[w]``, ``first_w[k] = d_k G[w]``, ``second_w`` the six ``d_i d_j G[w]`` (order
+    00, 01, 02, 11, 12, 22), ``r0 = G[w r]``, ``first_r[k] = d_k G[w r]`` (tuples of float32
+    arrays of the box's shape);
+    ``keep`` marks the voxels that get a plane. Returns ``(a, good)``: the intercept (float64,
+    0 elsewhere) and the voxels whose position covariance (in sigma units) has a determinant
+    above 1e-6. In float64: ``E[u] = sigma d G[w] / G[w]``, ``cov = E[u u] - E[u] E[u]``,
+    ``cov b = E[r u] - E[u] E[r]``, ``a = E[r] - E[u] . b``.
+    """
+    n0, n1, n2 = s0.shape
+    fitted = np.zeros(s0.shape)
+    good = np.zeros(s0.shape, dtype=np.bool_)
+    row = np.array([0, 0, 0, 1, 1, 2])
+    col = np.array([0, 1, 2, 1, 2, 2])
+    for i in prange(n0):
+        mu = np.empty(3)
+        rhs = np.empty(3)
+        c = np.empty((3, 3))
+        for j in range(n1):
+            for k in range(n2):
+                if not keep[i, j, k]:
+                    continue
+                s = np.float64(s0[i, j, k])
+                for a in range(3):
+                    mu[a] = np.float64(first_w[a][i, j, k]) * sigma[a] / s
+                for p in range(6):
+                    a, b = row[p], col[p]
+                    e_uu = np.float64(second_w[p][i, j, k]) * sigma[a] * sigma[b]
+                    if a == b:
+                        e_uu += s
+                    c[a, b] = c[b, a] = e_uu / s - mu[a] * mu[b]
+                c00 = c[1, 1] * c[2, 2] - c[1, 2] * c[1, 2]
+                c01 = c[0, 2] * c[1, 2] - c[0, 1] * c[2, 2]
+                c02 = c[0, 1] * c[1, 2] - c[0, 2] * c[1, 1]
+                c11 = c[0, 0] * c[2, 2] - c[0, 2] * c[0, 2]
+                c12 = c[0, 1] * c[0, 2] - c[0, 0] * c[1, 2]
+                c22 = c[0, 0] * c[1, 1] - c[0, 1] * c[0, 1]
+                det = c[0, 0] * c00 + c[0, 1] * c01 + c[0, 2] * c02
+                if not det > 1e-6:
+                    continue
+                r = np.float64(r0[i, j, k]) / s
+                for a in range(3):
+                    rhs[a] = np.float64(first_r[a][i, j, k]) * sigma[a] / s - mu[a] * r
+                b0 = (c00 * rhs[0] + c01 * rhs[1] + c02 * rhs[2]) / det
+                b1 = (c01 * rhs[0] + c11 * rhs[1] + c12 * rhs[2]) / det
+                b2 = (c02 * rhs[0] + c12 * rhs[1] + c22 * rhs[2]) / det
+                fitted[i, j, k] = r - (mu[0] * b0 + mu[1] * b1 + mu[2] * b2)
+                good[i, j, k] = True
+    return fitted, good
 
 
 def remove_phase_offset(phase, offset):
