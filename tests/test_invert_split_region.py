@@ -29,6 +29,31 @@ def test_box_rfft_is_the_transform_of_the_zero_padded_box(shape, box):
     np.testing.assert_allclose(got32, sfft.rfftn(padded), atol=1e-5 * np.abs(x).sum())
 
 
+def test_box_rfft_of_a_difference_and_repeated_calls():
+    # the transform reuses its padded lines between calls: each call must still return a new
+    # spectrum of its own input, and `minus` must give the transform of the difference
+    shape, box = (20, 18, 16), (9, 11, 7)
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=box), rng.normal(size=box)
+    fft = box_rfft(shape, box)
+
+    def reference(v):
+        padded = np.zeros(shape)
+        padded[: box[0], : box[1], : box[2]] = v
+        return sfft.rfftn(padded)
+
+    first = fft(x)
+    second = fft(y)
+    diff = fft(x, minus=y)
+    assert not np.shares_memory(first, second) and not np.shares_memory(second, diff)
+    np.testing.assert_allclose(first, reference(x), atol=1e-10 * np.abs(x).sum())
+    np.testing.assert_allclose(second, reference(y), atol=1e-10 * np.abs(y).sum())
+    np.testing.assert_allclose(diff, reference(x - y), atol=1e-10 * np.abs(x - y).sum())
+    assert fft(x.astype(np.float32), minus=y.astype(np.float32)).dtype == np.complex64
+    with pytest.raises(ValueError, match="shape"):
+        fft(x, minus=y[:, :, :-1])
+
+
 def test_box_rfft_rejects_another_shape():
     with pytest.raises(ValueError, match="shape"):
         box_rfft((16, 16, 16), (8, 8, 8))(np.zeros((8, 8, 9)))

@@ -294,7 +294,7 @@ class DataSplitRegion:
         """Spectrum of the padded array equal to ``target`` on the region and to the model
         outside it: ``model_spec + F(target - model)``, where ``model`` is the region of the
         inverse transform of ``model_spec`` (``model_spec`` None: the model is zero)."""
-        spec = self._fft(target - model)
+        spec = self._fft(target, minus=model)
         if model_spec is not None:
             spec += model_spec
         return spec
@@ -322,8 +322,10 @@ def box_rfft(shape, box_shape):
     Returns
     -------
     callable
-        ``fft(x)`` for a real array ``x`` of ``box_shape``; returns the half spectrum of shape
-        ``(shape[0], shape[1], shape[2] // 2 + 1)`` (complex64 for float32 input).
+        ``fft(x, minus=None)`` for a real array ``x`` of ``box_shape`` (and optionally
+        ``minus``, same shape: the transform of ``x - minus`` without forming the difference);
+        returns a new half spectrum of shape ``(shape[0], shape[1], shape[2] // 2 + 1)``
+        (complex64 for float32 input). Not reentrant: one call at a time per ``fft``.
     """
     import scipy.fft as sfft
 
@@ -332,14 +334,34 @@ def box_rfft(shape, box_shape):
     workers = fft_workers()
     n0, n1, n2 = (int(n) for n in shape)
     box_shape = tuple(int(n) for n in box_shape)
+    b0, b1, b2 = box_shape
+    lines = {}  # dtype -> the box's lines zero padded to n2 (the padding stays zero)
 
-    def fft(x):
-        if x.shape != box_shape:
-            raise ValueError(f"box_rfft expects an array of shape {box_shape}, got {x.shape}")
-        a = sfft.rfft(x, n=n2, axis=2, workers=workers)
-        a = sfft.fft(a, n=n1, axis=1, workers=workers, overwrite_x=True)
-        return sfft.fft(a, n=n0, axis=0, workers=workers, overwrite_x=True)
-
+    def fft(x, minus=None):
+        if x.shape != box_shape or (minus is not None and minus.shape != box_shape):
+            raise ValueError(f"box_rfft expects arrays of shape {box_shape}, got "
+                             f"{x.shape if minus is None else (x.shape, minus.shape)}")
+        dtype = np.result_type(x, minus) if minus is not None else x.dtype
+        if dtype.kind != "f":
+            dtype = np.dtype(np.float64)
+        if dtype not in lines:
+            lines[dtype] = np.zeros((b0, b1, n2), dtype)
+        line = lines[dtype]
+        if minus is None:
+            line[:, :, :b2] = x
+        else:
+            np.subtract(x, minus, out=line[:, :, :b2])
+        a = sfft.rfft(line, axis=2, workers=workers)
+        # the padded spectrum is assembled once and transformed in place (no padded copies)
+        out = np.empty((n0, n1, a.shape[2]), a.dtype)
+        out[:b0, :b1] = a
+        out[:b0, b1:] = 0
+        out[b0:] = 0
+        rows = sfft.fft(out[:b0], axis=1, workers=workers, overwrite_x=True)
+        if not np.shares_memory(rows, out):  # scipy chose not to work in place
+            out[:b0] = rows
+        full = sfft.fft(out, axis=0, workers=workers, overwrite_x=True)
+        return full
     return fft
 
 

@@ -375,7 +375,8 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
         w2_box = dom.pad(w_in * w_in)[box]
         x = np.zeros(d.shape, dtype=np.result_type(dom.dtype, np.complex64))  # chi in k-space
         xd = np.zeros_like(x)  # D chi in k-space, written by each step
-        g_prev = np.zeros_like(x)
+        track = stop_tol > 0  # the relative change only serves the tolerance stop
+        g_prev = np.zeros_like(x) if track else np.zeros((1, 1, 1), x.dtype)
         q_box = np.zeros(dom.box_shape, dtype=dom.dtype)
         nyquist_last = shape[2] % 2 == 0
         if held is not None:
@@ -390,8 +391,8 @@ def ndi(local_field, mask, voxel_size, *, b0_direction=(0.0, 0.0, 1.0), weight=N
                 if past_minimum(errors, patience):
                     break
             NK.sine_residual(dchi, f_box, w2_box, scale, q_box)
-            change = NK.ndi_step(x, fft(q_box), d, alpha, step, g_prev, nyquist_last, xd)
-            if change < stop_tol:
+            change = NK.ndi_step(x, fft(q_box), d, alpha, step, g_prev, nyquist_last, xd, track)
+            if track and change < stop_tol:
                 converged = True
                 break
         return x, it, converged, change, errors
