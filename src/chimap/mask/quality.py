@@ -40,7 +40,7 @@ def _wrap(x):
     return y - np.pi
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _edge_weight(ph, p2, mag, ratio, use_second, use_mag, a, b):
     """ROMEO-like weight of the edge between flat voxel indices ``a`` and ``b`` (``b`` the
     neighbour further along its axis; see :func:`phase_quality`)."""
@@ -146,15 +146,15 @@ def phase_quality(phase, mask, voxel_size, *, magnitude=None, echo_times=None, e
         mag = mag[..., None] if mag.ndim == 3 else mag
         if mag.shape != p4.shape:
             raise ValueError(f"magnitude shape {mag.shape} does not match phase shape {p4.shape}")
-        mag = mag[..., echo].astype(np.float64)
+        mag = np.ascontiguousarray(mag[..., echo], dtype=np.float64)
     second = None
     if echo_times is not None and n_echo >= 2:
         te = np.asarray(echo_times, dtype=np.float64).ravel()
         if te.size != n_echo or not np.all(np.isfinite(te)) or np.any(te <= 0):
             raise ValueError(f"echo_times must be {n_echo} positive values (s), got {te.tolist()}")
         nxt = echo + 1 if echo + 1 < n_echo else echo - 1
-        second = (p4[..., nxt].astype(np.float64), te[echo] / te[nxt])
-    ph = p4[..., echo].astype(np.float64)
+        second = (np.ascontiguousarray(p4[..., nxt], dtype=np.float64), float(te[echo] / te[nxt]))
+    ph = np.ascontiguousarray(p4[..., echo], dtype=np.float64)  # one compiled layout
 
     if second is None:
         p2, ratio = np.zeros((1, 1, 1)), 1.0
