@@ -533,6 +533,35 @@ def test_detach_cuts_the_neck_below_an_open_foramen():
     assert with_detach[brain].mean() > 0.97
 
 
+@pytest.mark.parametrize("crop", [(slice(None),) * 3, (slice(0, 40), slice(5, 64), slice(None))])
+def test_detach_on_the_bounding_box_equals_the_whole_grid(crop):
+    """The detach step works on the mask's bounding box; on a head with an enclosed hole, a
+    neck, a flat-faced second deep core, and (cropped) touching the array's faces it must give
+    what the distance transforms of the whole grid give."""
+    from chimap.kernels import sphere_mask as ball_mm
+    from chimap.mask.brain import _detach_large
+
+    shape, vs = (64, 64, 80), (2.0, 2.0, 2.0)
+    c = np.array([31.5, 31.5, 45.0])
+    idx = np.indices(shape)
+    r_xy = np.hypot((idx[0] - c[0]) * 2.0, (idx[1] - c[1]) * 2.0)
+    head = ball_mm(shape, vs, radius=40.0, center=c) & ~ball_mm(shape, vs, radius=6.0, center=c)
+    head |= (r_xy < 14.0) & (idx[2] > 2) & (idx[2] < c[2] - 10)
+    # a block with flat faces (a second deep core): its depth near them needs the box's margin
+    head |= (np.abs(idx[0] - 31.5) < 14) & (np.abs(idx[1] - 31.5) < 14) & (idx[2] >= 2) & (idx[2] < 24)
+    head = head[crop]
+    radius = 16.0
+
+    depth = ndimage.distance_transform_edt(fill_holes(head, mode="3d"), sampling=vs)
+    labels, _ = ndimage.label(depth > radius)
+    sizes = np.bincount(labels.ravel())[1:]
+    core = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.25 * sizes.max()))
+    expected = head & (ndimage.distance_transform_edt(~core, sampling=vs) <= radius + 4.0)
+    got = _detach_large(head, vs, radius)
+    assert np.array_equal(got, expected)
+    assert 0 < got.sum() < head.sum()  # the test cuts something
+
+
 def test_brain_mask_refuses_a_fragmented_threshold_mask():
     """An image with no background (a patch inside the brain): Otsu splits the tissue classes
     into fragments that the opening removes; the mask is refused with a hint, not returned."""
