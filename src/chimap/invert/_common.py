@@ -307,10 +307,11 @@ def box_rfft(shape, box_shape):
     zero padded to ``shape``, transformed without forming ``xp``: the real transform of the last
     axis runs only on the ``b0 * b1`` lines of the box, the second axis only on the ``b0`` kept
     rows, and only the first axis on the whole grid (the forward counterpart of
-    :func:`box_irfft`). On a 1 mm head (box 140 x 176 x 178 in a 216 x 270 x 270 grid, 2 cores)
-    ``benchmarks/bench_box_split.py`` printed 51.6 ms against 55.5 ms for ``rfftn`` of the padded
-    array (the first axis, transformed in full, dominates). Agrees with the full transform to
-    float rounding.
+    :func:`box_irfft`). The padded spectrum is assembled once in the output array and the two
+    complex passes run in place on it. On a 1 mm head (box 140 x 176 x 178 in a 216 x 270 x 270
+    grid, 2 cores) ``benchmarks/bench_box_split.py --methods`` printed 49.4 ms against 61.7 ms
+    for ``rfftn`` of the padded array (the first axis, transformed in full, dominates). Agrees
+    with the full transform to float rounding.
 
     Parameters
     ----------
