@@ -56,6 +56,20 @@ def _edge_weight(ph, p2, mag, ratio, use_second, use_mag, a, b):
     return w
 
 
+@njit(cache=True, inline="always")
+def _add_axis_edges(total, count, ph, p2, mag, ratio, use_second, use_mag, v, pos, n, stride):
+    """Add to ``(total, count)`` the weights of voxel ``v``'s edges along one axis (at
+    position ``pos`` of ``n``, flat ``stride``): first the edge to the next voxel, then the
+    edge to the previous one."""
+    if pos + 1 < n:
+        total += _edge_weight(ph, p2, mag, ratio, use_second, use_mag, v, v + stride)
+        count += 1
+    if pos > 0:
+        total += _edge_weight(ph, p2, mag, ratio, use_second, use_mag, v - stride, v)
+        count += 1
+    return total, count
+
+
 @njit(cache=True, parallel=True)
 def _mean_edge_weight(ph, p2, ratio, mag, use_second, use_mag):
     """Mean weight of the (up to six) face edges of every voxel, one pass, float64.
@@ -68,31 +82,16 @@ def _mean_edge_weight(ph, p2, ratio, mag, use_second, use_mag):
     p2f = p2.ravel()
     magf = mag.ravel()
     out = np.zeros(ph.shape, np.float64)
-    s0, s1 = n1 * n2, n2
     for i in prange(n0):
         for j in range(n1):
             for k in range(n2):
                 v = (i * n1 + j) * n2 + k
-                total = 0.0
-                count = 0
-                if i + 1 < n0:
-                    total += _edge_weight(phf, p2f, magf, ratio, use_second, use_mag, v, v + s0)
-                    count += 1
-                if i > 0:
-                    total += _edge_weight(phf, p2f, magf, ratio, use_second, use_mag, v - s0, v)
-                    count += 1
-                if j + 1 < n1:
-                    total += _edge_weight(phf, p2f, magf, ratio, use_second, use_mag, v, v + s1)
-                    count += 1
-                if j > 0:
-                    total += _edge_weight(phf, p2f, magf, ratio, use_second, use_mag, v - s1, v)
-                    count += 1
-                if k + 1 < n2:
-                    total += _edge_weight(phf, p2f, magf, ratio, use_second, use_mag, v, v + 1)
-                    count += 1
-                if k > 0:
-                    total += _edge_weight(phf, p2f, magf, ratio, use_second, use_mag, v - 1, v)
-                    count += 1
+                total, count = _add_axis_edges(0.0, 0, phf, p2f, magf, ratio, use_second, use_mag, v, i, n0,
+                                               n1 * n2)
+                total, count = _add_axis_edges(total, count, phf, p2f, magf, ratio, use_second, use_mag, v, j,
+                                               n1, n2)
+                total, count = _add_axis_edges(total, count, phf, p2f, magf, ratio, use_second, use_mag, v, k,
+                                               n2, 1)
                 out[i, j, k] = total / count if count > 0 else 0.0
     return out
 
