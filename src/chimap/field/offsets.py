@@ -217,14 +217,16 @@ def _local_plane(values, weight, sigma_vox, smoothed_weight, where, *, min_suppo
     wr = (w * values[box]).astype(np.float32)
     mw = _gaussian_moments(w, sigma, 2)
     mr = _gaussian_moments(wr, sigma, 1)
-    zero = (0, 0, 0)
-    unit = [tuple(int(i == k) for i in range(3)) for k in range(3)]
-    pair = [[tuple(int(i == k) + int(i == m) for i in range(3)) for m in range(3)] for k in range(3)]
-    first_w = tuple(mw[unit[k]] for k in range(3))
-    second_w = tuple(mw[pair[k][m]] for k, m in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)))
-    first_r = tuple(mr[unit[k]] for k in range(3))
+
+    def order(*axes):
+        """The moments' key: differentiated once along each axis in ``axes``."""
+        return tuple(axes.count(k) for k in range(3))
+
+    first_w = tuple(mw[order(k)] for k in range(3))
+    second_w = tuple(mw[order(k, m)] for k, m in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)))
+    first_r = tuple(mr[order(k)] for k in range(3))
     # an axis without smoothing has no derivative moments: its sigma factor (0) removes them
-    fitted[box], support[box] = _solve_planes(mw[zero], first_w, second_w, mr[zero], first_r, sigma,
+    fitted[box], support[box] = _solve_planes(mw[order()], first_w, second_w, mr[order()], first_r, sigma,
                                               np.ascontiguousarray(keep[box]))
     return fitted, support
 

@@ -139,28 +139,24 @@ def phase_quality(phase, mask, voxel_size, *, magnitude=None, echo_times=None, e
     echo = int(echo)
     shape = p4.shape[:3]
     m = None if mask is None else as_mask(mask, shape=shape)
-    mag = None
-    if magnitude is not None:
+    mag = np.zeros((1, 1, 1))  # unused placeholders keep one compiled signature
+    use_mag = magnitude is not None
+    if use_mag:
         mag = as_image(magnitude, "magnitude", ndims=(3, 4), nonnegative=True)
         mag = mag[..., None] if mag.ndim == 3 else mag
         if mag.shape != p4.shape:
             raise ValueError(f"magnitude shape {mag.shape} does not match phase shape {p4.shape}")
         mag = np.ascontiguousarray(mag[..., echo], dtype=np.float64)
-    second = None
-    if echo_times is not None and n_echo >= 2:
+    p2, ratio = np.zeros((1, 1, 1)), 1.0
+    use_second = echo_times is not None and n_echo >= 2
+    if use_second:
         te = np.asarray(echo_times, dtype=np.float64).ravel()
         if te.size != n_echo or not np.all(np.isfinite(te)) or np.any(te <= 0):
             raise ValueError(f"echo_times must be {n_echo} positive values (s), got {te.tolist()}")
         nxt = echo + 1 if echo + 1 < n_echo else echo - 1
-        second = (np.ascontiguousarray(p4[..., nxt], dtype=np.float64), float(te[echo] / te[nxt]))
+        p2, ratio = np.ascontiguousarray(p4[..., nxt], dtype=np.float64), float(te[echo] / te[nxt])
     ph = np.ascontiguousarray(p4[..., echo], dtype=np.float64)  # one compiled layout
-
-    if second is None:
-        p2, ratio = np.zeros((1, 1, 1)), 1.0
-    else:
-        p2, ratio = second
-    q = _mean_edge_weight(ph, p2, ratio, np.zeros((1, 1, 1)) if mag is None else mag,
-                          second is not None, mag is not None)
+    q = _mean_edge_weight(ph, p2, ratio, mag, use_second, use_mag)
     if m is not None:
         q[~m] = 0.0
     return q.astype(np.float32)
